@@ -1,0 +1,74 @@
+import os
+import re
+import sys
+from pathlib import Path
+
+# The library lives in workflow/llm_introspection: importable here and, through PYTHONPATH,
+# in every job's script, whether the package is pip-installed or not (e.g. --sdm conda).
+LIBRARY_DIR = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, LIBRARY_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (LIBRARY_DIR, os.environ.get("PYTHONPATH")) if p
+)
+
+from llm_introspection.config import validate
+from llm_introspection.errors import InputError
+from llm_introspection.prompts import load_prompt_set, select_prompt_ids
+
+CONFIG_SCHEMA = workflow.source_path("../config/schema/config.schema.yaml")
+PROMPT_SCHEMA = workflow.source_path("../config/schema/prompt.schema.yaml")
+
+try:
+    validate(config, CONFIG_SCHEMA, "the config")
+    PROMPTS = load_prompt_set(config["prompts"]["dir"], PROMPT_SCHEMA)
+    PROMPT_IDS = select_prompt_ids(config["prompts"], PROMPTS)
+except InputError as error:
+    raise WorkflowError(str(error)) from None
+
+MODELS = config["models"]
+PER_PROMPT_JOBS = config["jobs"]["granularity"] == "prompt"
+
+
+wildcard_constraints:
+    model="|".join(re.escape(m) for m in MODELS),
+    prompt="|".join(re.escape(p) for p in PROMPT_IDS),
+
+
+def job_outputs(pattern):
+    """Output paths of one model job: one per prompt, for the job's prompt or all prompts."""
+    if PER_PROMPT_JOBS:
+        return pattern
+    return expand(pattern, prompt=PROMPT_IDS, allow_missing=True)
+
+
+def job_file(prefix, suffix):
+    """A log or benchmark path with exactly the wildcards of the job's outputs."""
+    return f"{prefix}/{{model}}/{{prompt}}{suffix}" if PER_PROMPT_JOBS else f"{prefix}/{{model}}{suffix}"
+
+
+def get_job_prompt_ids(wildcards):
+    return [wildcards.prompt] if PER_PROMPT_JOBS else PROMPT_IDS
+
+
+def get_job_prompt_files(wildcards):
+    return [f"{config['prompts']['dir']}/{p}.yaml" for p in get_job_prompt_ids(wildcards)]
+
+
+def get_runtime(wildcards):
+    """runtime settings of one model: its own dtype overrides runtime.dtype."""
+    runtime = dict(config["runtime"])
+    runtime["dtype"] = MODELS[wildcards.model].get("dtype", runtime["dtype"])
+    return runtime
+
+
+def get_model_spec(wildcards):
+    return MODELS[wildcards.model]
+
+
+def get_study_outputs():
+    patterns = [
+        "results/generations/{model}/{prompt}.json",
+        "results/entropy/{model}/{prompt}.h5",
+        "results/activations/{model}/{prompt}.h5",
+    ]
+    return [path for pattern in patterns for path in expand(pattern, model=MODELS, prompt=PROMPT_IDS)]

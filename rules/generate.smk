@@ -1,0 +1,24 @@
+rule generate:
+    input:
+        manifest="results/models/{model}/manifest.json",
+        prompts=get_job_prompt_files,
+    output:
+        generations=job_outputs("results/generations/{model}/{prompt}.json"),
+        entropy=job_outputs("results/entropy/{model}/{prompt}.h5"),
+    params:
+        prompt_ids=get_job_prompt_ids,
+        generation=config["generation"],
+        runtime=get_runtime,
+        study=config["study"],
+        prompt_schema=PROMPT_SCHEMA,
+    log:
+        job_file("results/logs/generate", ".log"),
+    benchmark:
+        job_file("results/benchmarks/generate", ".tsv")
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/model.yaml"
+    script:
+        "../workflow/scripts/generate.py"

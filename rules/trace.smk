@@ -1,0 +1,20 @@
+rule trace:
+    input:
+        manifest="results/models/{model}/manifest.json",
+        generations=job_outputs("results/generations/{model}/{prompt}.json"),
+    output:
+        activations=job_outputs("results/activations/{model}/{prompt}.h5"),
+    params:
+        trace=config["trace"],
+        runtime=get_runtime,
+    log:
+        job_file("results/logs/trace", ".log"),
+    benchmark:
+        job_file("results/benchmarks/trace", ".tsv")
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/model.yaml"
+    script:
+        "../workflow/scripts/trace.py"

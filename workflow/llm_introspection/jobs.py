@@ -1,0 +1,179 @@
+"""The work of the model rules, one function per rule, free of Snakemake.
+
+Each job loads its model once and serves every prompt it was given in batches; every output
+file is per (model, prompt) and written atomically with its provenance.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.utils import logging as transformers_logging
+
+from .models import load_model, load_tokenizer, prepare_model, resolve_device, resolve_dtype
+from .prompts import load_prompt, render_prompt, uses_chat_template
+from .sampling import STAT_NAMES, SamplingParams, eos_token_ids, sample_completions
+from .storage import atomic_h5, read_json, set_attrs, versions, write_json
+from .tracing import hidden_state_indices, trace_prompts
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+transformers_logging.disable_progress_bar()  # job logs stay readable
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def open_model(manifest_path, runtime, threads):
+    """Load a prepared model as the runtime config says; return it, its manifest, the model
+    record every output carries and the load time."""
+    torch.set_num_threads(threads)
+    manifest = read_json(manifest_path)
+    device = resolve_device(runtime["device"])
+    dtype = resolve_dtype(runtime["dtype"], device)
+    started = time.perf_counter()
+    model = load_model(manifest, device, dtype)
+    load_s = time.perf_counter() - started
+    log(f"loaded {manifest['name']} on {device} as {dtype} in {load_s:.1f} s")
+    record = {k: manifest[k] for k in ("name", "family", "size_b", "variant", "frame", "source", "revision")}
+    record.update(
+        model_type=manifest["model_type"], n_layers=manifest["n_layers"], hidden_size=manifest["hidden_size"],
+        dtype=str(dtype).removeprefix("torch."), device=device,
+        trust_remote_code=manifest["trust_remote_code"],
+    )
+    return model, manifest, record, load_s
+
+
+def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, study, settings, threads):
+    """Sample settings['generation']['reps'] completions of every prompt; write one JSON and one
+    entropy HDF5 per prompt (the lists of paths are parallel)."""
+    gen = settings["generation"]
+    model, manifest, record, load_s = open_model(manifest_path, settings["runtime"], threads)
+    tokenizer = load_tokenizer(manifest)
+    params = SamplingParams(gen["temperature"], gen["top_p"], gen["max_new_tokens"])
+    prompts = [load_prompt(path, settings["prompt_schema"]) for path in prompt_paths]
+    rendered = [render_prompt(p, tokenizer, record["variant"], record["frame"], record["name"]) for p in prompts]
+    seeds = [gen["seed"] + rep for rep in range(gen["reps"])]
+    started = time.perf_counter()
+    completions = sample_completions(
+        model,
+        [ids for _, ids in rendered for _ in seeds],
+        seeds * len(prompts),
+        params,
+        eos_token_ids(model, tokenizer),
+        tokenizer.pad_token_id,
+        gen["batch_size"],
+        gen["top_k_mass"],
+    )
+    generate_s = time.perf_counter() - started
+    n_tokens = sum(len(c.token_ids) for c in completions)
+    log(f"sampled {len(completions)} completions, {n_tokens} tokens in {generate_s:.1f} s ({n_tokens / generate_s:.1f} tok/s)")
+    timings = {"load_s": load_s, "generate_s": generate_s, "job_tokens": n_tokens, "job_prompts": len(prompts)}
+    for index, prompt in enumerate(prompts):
+        text, prompt_ids = rendered[index]
+        mine = completions[index * len(seeds) : (index + 1) * len(seeds)]
+        header = {
+            "study": study,
+            "model": record,
+            "prompt": {
+                "id": prompt.id, "type": prompt.type, "text": text, "token_ids": prompt_ids,
+                "chat_template": uses_chat_template(record["variant"], record["frame"]),
+            },
+            "generation": gen,
+            "versions": versions(),
+        }
+        reps = [
+            {
+                "rep": rep, "seed": seed, "text": tokenizer.decode(c.token_ids, skip_special_tokens=True),
+                "token_ids": c.token_ids, "n_tokens": len(c.token_ids), "stop_reason": c.stop_reason,
+            }
+            for rep, (seed, c) in enumerate(zip(seeds, mine))
+        ]
+        write_json(generation_paths[index], {**header, "reps": reps, "timings": timings})
+        _write_entropy(entropy_paths[index], header, seeds, mine)
+
+
+def _write_entropy(path, header, seeds, completions):
+    width = max(len(c.token_ids) for c in completions)
+    stats = np.full((len(completions), width, len(STAT_NAMES)), np.nan, dtype=np.float32)
+    for row, completion in enumerate(completions):
+        stats[row, : len(completion.token_ids)] = completion.stats
+    with atomic_h5(path) as h5:
+        set_attrs(h5, header)
+        h5.attrs["description"] = (
+            "Per generated token (columns, NaN after a completion ends), from the logits it was "
+            "sampled from: entropy_t1 = entropy of the model's T=1 next-token distribution; "
+            "entropy_sampling = entropy of the distribution actually sampled (temperature + top-p); "
+            "topk_mass = T=1 probability mass of the top-k tokens (k = generation.top_k_mass); "
+            "logprob_t1 / logprob_sampling = log-probability of the sampled token under each. "
+            "Natural logarithms. first_token_* = column 0."
+        )
+        h5.create_dataset("seeds", data=np.array(seeds))
+        h5.create_dataset("n_tokens", data=np.array([len(c.token_ids) for c in completions]))
+        for column, name in enumerate(STAT_NAMES):
+            h5.create_dataset(name, data=stats[:, :, column])
+        h5.create_dataset("first_token_entropy_t1", data=stats[:, 0, 0])
+        h5.create_dataset("first_token_entropy_sampling", data=stats[:, 0, 1])
+
+
+def run_trace(manifest_path, generation_paths, activation_paths, settings, threads):
+    """Teacher-force every rep of every prompt and store the residual stream per prompt."""
+    trace = settings["trace"]
+    model, _, record, _ = open_model(manifest_path, settings["runtime"], threads)
+    indices = hidden_state_indices(trace["layer_fractions"], record["n_layers"])
+    generations = [read_json(path) for path in generation_paths]
+    started = time.perf_counter()
+    traced = trace_prompts(
+        model,
+        [g["prompt"]["token_ids"] for g in generations],
+        [[rep["token_ids"] for rep in g["reps"]] for g in generations],
+        indices,
+        trace["batch_size"],
+        pad_id=0,  # any id: padded positions are masked out and cut from the outputs
+    )
+    log(f"traced {sum(len(g['reps']) for g in generations)} completions in {time.perf_counter() - started:.1f} s")
+    for generation, path, (prompt_states, completion_states) in zip(generations, activation_paths, traced):
+        _write_activations(path, generation, record, indices, trace["layer_fractions"], prompt_states, completion_states)
+
+
+def _write_activations(path, generation, record, indices, fractions, prompt_states, completion_states):
+    arrays = [prompt_states, *completion_states]
+    overflow = max(float(np.abs(a).max()) for a in arrays) > _FLOAT16_MAX
+    storage = np.float32 if overflow else np.float16
+    prompt_ids = generation["prompt"]["token_ids"]
+    with atomic_h5(path) as h5:
+        set_attrs(h5, {
+            "study": generation["study"], "model": record, "generation_model": generation["model"],
+            "prompt_id": generation["prompt"]["id"], "prompt_type": generation["prompt"]["type"],
+            "generation": generation["generation"], "versions": versions(),
+            "hidden_state_indices": indices, "layer_fractions": fractions,
+            "storage_dtype": np.dtype(storage).name, "attention_sink_position": 0,
+        })
+        h5.attrs["description"] = (
+            "Residual stream from one teacher-forced pass over prompt + completion, at hidden-state "
+            "indices `hidden_state_indices` (0 = embedding output, h = output of block h-1 before "
+            "the final norm), as (layer, position, d). Group prompt: the prompt's positions, shared "
+            "by every rep (causal attention), with token_ids; position 0 is the attention sink (norm "
+            "far above the rest): exclude it from pooling and norms. Groups rep_NN: the completion's "
+            "positions (absolute position = prompt length + index) with token_ids, attrs rep and seed. "
+            "Stored as float16 unless a value exceeds float16's range (then float32: storage_dtype)."
+        )
+        prompt = h5.create_group("prompt")
+        prompt.create_dataset("hidden_states", data=prompt_states.astype(storage))
+        prompt.create_dataset("token_ids", data=np.array(prompt_ids, dtype=np.int64))
+        for rep, states in zip(generation["reps"], completion_states):
+            group = h5.create_group(f"rep_{rep['rep']:02d}")
+            set_attrs(group, {"rep": rep["rep"], "seed": rep["seed"], "stop_reason": rep["stop_reason"]})
+            group.create_dataset("hidden_states", data=states.astype(storage))
+            group.create_dataset("token_ids", data=np.array(rep["token_ids"], dtype=np.int64))
+
+
+def run_prepare(name, spec, manifest_path):
+    """prepare_model: build or locate the weights and write the manifest."""
+    started = time.perf_counter()
+    manifest = prepare_model(name, spec, Path(manifest_path).parent)
+    log(f"prepared {name} ({manifest['revision']}) in {time.perf_counter() - started:.1f} s")
+    write_json(manifest_path, manifest)

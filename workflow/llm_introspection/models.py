@@ -1,0 +1,205 @@
+"""One loader for every model source: prepare once (convert, download, build), then load fast.
+
+`prepare_model` turns a config entry into a manifest and, for GGUF and tiny random sources,
+a safetensors directory; `load_model` loads any manifest onto a device in a dtype.
+"""
+
+import hashlib
+import json
+import importlib
+import importlib.util
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+from .storage import atomic_path, versions
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def describe_source(source):
+    """A one-line description of a source, for messages."""
+    details = {k: v for k, v in source.items() if k not in ("kind", "config")}
+    return f"{source['kind']} " + " ".join(f"{k}={v}" for k, v in details.items())
+
+
+def resolve_device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"config key 'runtime.device': {name!r} asked for, but CUDA is not available")
+    return name
+
+
+def resolve_dtype(name, device):
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return _DTYPES[name]
+
+
+def _fingerprint(directory):
+    """sha256 of config.json plus the names and sizes of the weight files of a model directory."""
+    directory = Path(directory)
+    digest = hashlib.sha256((directory / "config.json").read_bytes())
+    for path in sorted(directory.iterdir()):
+        if path.suffix in (".safetensors", ".bin", ".json", ".model"):
+            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _locate_packaged_gguf(source, work_dir):
+    """Path of a GGUF shipped in a package; assembled from chunks when the source says so."""
+    package = source["package"]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"package {package!r} is not installed (see the README's setup)")
+    if source["assemble"]:
+        module = importlib.import_module(package)
+        return Path(module.assemble(output_path=Path(work_dir) / source["file"]))
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / source["file"]
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"package {package!r} has no file {source['file']!r}")
+
+
+def _save_clean(model, tokenizer, out_dir):
+    """save_pretrained a model loaded from GGUF: its quantizer marks must go first."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _convert_gguf(gguf_path, out_dir, trust_remote_code):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    kwargs = dict(gguf_file=gguf_path.name, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    _save_clean(model, tokenizer, out_dir)
+
+
+def _build_tiny_random(source, out_dir):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source["tokenizer"])
+    settings = dict(source["config"])
+    settings.setdefault("vocab_size", len(tokenizer))
+    config = AutoConfig.for_model(**settings)
+    torch.manual_seed(source["seed"])
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _download_hf(source):
+    """Download a Hub snapshot (token from the environment, never recorded); return path, commit."""
+    from huggingface_hub import snapshot_download
+
+    path = Path(snapshot_download(repo_id=source["id"], revision=source["revision"]))
+    return path, path.name
+
+
+def prepare_model(name, spec, out_dir):
+    """Make a model loadable fast and return its manifest (written by the caller).
+
+    GGUF and tiny random sources become a safetensors directory `out_dir/weights`; Hub
+    sources are downloaded into the Hugging Face cache; local directories are used in place.
+    """
+    source = spec["source"]
+    kind = source["kind"]
+    out_dir = Path(out_dir)
+    weights = out_dir / "weights"
+    manifest = {key: spec[key] for key in ("family", "size_b", "variant", "frame", "trust_remote_code")}
+    manifest.update(name=name, source=source, prepared_with=versions())
+    try:
+        if kind == "hf":
+            load_path, commit = _download_hf(source)
+            manifest.update(load_path=str(load_path), revision=commit)
+        elif kind == "local":
+            load_path = Path(source["path"])
+            if not (load_path / "config.json").is_file():
+                raise InputError(f"{load_path} has no config.json (not a save_pretrained directory)")
+            manifest.update(load_path=str(load_path.resolve()), revision=f"sha256:{_fingerprint(load_path)}")
+        else:
+            if weights.exists():
+                shutil.rmtree(weights)
+            if kind == "tiny_random":
+                with atomic_path(weights) as tmp:
+                    _build_tiny_random(source, tmp)
+                revision = f"random-seed-{source['seed']}"
+            else:
+                gguf = Path(source["path"]) if kind == "gguf_file" else _locate_packaged_gguf(source, out_dir)
+                if not gguf.is_file():
+                    raise InputError(f"GGUF file {gguf} not found")
+                revision = f"sha256:{_file_sha256(gguf)}"
+                with atomic_path(weights) as tmp:
+                    _convert_gguf(gguf, tmp, spec["trust_remote_code"])
+                if kind == "gguf_package" and source["assemble"]:
+                    gguf.unlink()  # the assembled copy: the converted weights replace it
+            manifest.update(load_path=str(weights), revision=revision)
+    except InputError as error:
+        raise InputError(f"model {name} (source {describe_source(source)}): {error}") from None
+    except Exception as error:  # anything transformers or the hub raises: name the model
+        raise InputError(
+            f"model {name} (source {describe_source(source)}) could not be prepared: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    config = _read_config(manifest["load_path"])
+    manifest.update(
+        model_type=config.get("model_type"),
+        n_layers=config.get("num_hidden_layers"),
+        hidden_size=config.get("hidden_size"),
+    )
+    return manifest
+
+
+def _read_config(load_path):
+    config = json.loads((Path(load_path) / "config.json").read_text())
+    return config if "num_hidden_layers" in config else config.get("text_config", config)
+
+
+def _loading(manifest, what, load):
+    try:
+        return load()
+    except Exception as error:
+        raise InputError(
+            f"model {manifest['name']} (source {describe_source(manifest['source'])}): its {what} could "
+            f"not be loaded from {manifest['load_path']}: {type(error).__name__}: {error}"
+        ) from error
+
+
+def load_model(manifest, device, dtype):
+    """Load a prepared model in eval mode, on `device`, in `dtype`."""
+    from transformers import AutoModelForCausalLM
+
+    model = _loading(manifest, "weights", lambda: AutoModelForCausalLM.from_pretrained(
+        manifest["load_path"], dtype=dtype, device_map=device, trust_remote_code=manifest["trust_remote_code"]
+    ))
+    return model.eval()
+
+
+def load_tokenizer(manifest):
+    """Load a prepared model's tokenizer; one without a pad token pads with eos."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _loading(manifest, "tokenizer", lambda: AutoTokenizer.from_pretrained(
+        manifest["load_path"], trust_remote_code=manifest["trust_remote_code"]
+    ))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

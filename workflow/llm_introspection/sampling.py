@@ -1,0 +1,147 @@
+"""Batched sampling where every sequence draws from its own seeded noise stream.
+
+Sequence i at step t takes the token where the cumulative sampling distribution (tokens in
+descending probability; in vocabulary order when top_p is 1) first exceeds u[i, t], with
+u[i] = torch.rand(max_new_tokens) from a generator seeded with its own seed. So a sample
+depends only on its own seed and the model's logits, never on its batch mates.
+Entropies and log-probabilities are taken from the same logits at the same step, so no
+full-vocabulary logits are kept and none are computed twice.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# The nucleus is searched among this many top tokens first; a full sort only when it is wider.
+_NUCLEUS_CANDIDATES = 1024
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+
+
+# Per generated token, from the very logits it was sampled from (nats; log-probabilities natural).
+STAT_NAMES = ("entropy_t1", "entropy_sampling", "topk_mass", "logprob_t1", "logprob_sampling")
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: list
+    stop_reason: str  # "eos" (the eos token is the last id) or "max_new_tokens"
+    stats: np.ndarray  # (len(token_ids), len(STAT_NAMES)) float32, columns as STAT_NAMES
+
+
+def sampling_distribution(logits, temperature, top_p):
+    """The distribution tokens are drawn from, as (probs, token_ids), both (batch, k).
+
+    probs are renormalised over the nucleus and zero outside it. Temperature 0 is greedy:
+    all mass on the argmax.
+    """
+    logits = logits.float()
+    if temperature == 0:
+        token_ids = logits.argmax(-1, keepdim=True)
+        return torch.ones_like(token_ids, dtype=torch.float32), token_ids
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p >= 1:
+        return probs, torch.arange(probs.shape[-1], device=probs.device).expand_as(probs)
+    k = min(_NUCLEUS_CANDIDATES, probs.shape[-1])
+    top, token_ids = probs.topk(k, dim=-1)
+    if k < probs.shape[-1] and bool((top.sum(-1) < top_p).any()):
+        top, token_ids = probs.sort(dim=-1, descending=True)
+    mass_before = top.cumsum(-1) - top
+    kept = torch.where(mass_before < top_p, top, torch.zeros_like(top))
+    return kept / kept.sum(-1, keepdim=True), token_ids
+
+
+def draw(probs, uniforms):
+    """Inverse-CDF draw: for each row, the column where the cumulative mass first exceeds u."""
+    cdf = probs.cumsum(-1)
+    targets = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, targets, right=True).clamp(max=cdf.shape[-1] - 1)
+
+
+def token_statistics(logits, probs, column, chosen, top_k):
+    """STAT_NAMES for each row: the T=1 distribution of `logits`, the sampling distribution
+    `probs` and the token `chosen` (at `column` of probs)."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    entropy_t1 = -(log_probs.exp() * log_probs).sum(-1)
+    topk_mass = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1).values.exp().sum(-1)
+    entropy_sampling = -torch.special.xlogy(probs, probs).sum(-1)
+    logprob_t1 = log_probs.gather(-1, chosen[:, None]).squeeze(-1)
+    logprob_sampling = probs.gather(-1, column).squeeze(-1).log()
+    return torch.stack([entropy_t1, entropy_sampling, topk_mass, logprob_t1, logprob_sampling], dim=1)
+
+
+def noise_streams(seeds, steps):
+    """One row of uniforms per seed, each from its own generator."""
+    return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds])
+
+
+def left_pad(sequences, pad_id, device):
+    """Left-padded ids, attention mask and position ids (positions count real tokens only)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence) :] = torch.tensor(sequence)
+        mask[row, width - len(sequence) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+@torch.inference_mode()
+def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k):
+    from transformers import DynamicCache
+
+    device = model.device
+    ids, mask, positions = left_pad(prompts, pad_id, device)
+    uniforms = noise_streams(seeds, params.max_new_tokens).to(device)
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)
+    tokens, stats = [], []
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    for step in range(params.max_new_tokens):
+        logits = out.logits[:, -1]
+        probs, token_ids = sampling_distribution(logits, params.temperature, params.top_p)
+        column = draw(probs, uniforms[:, step])
+        chosen = token_ids.gather(-1, column).squeeze(-1)
+        stats.append(token_statistics(logits, probs, column, chosen, top_k).cpu())
+        token = torch.where(finished, pad_id, chosen)
+        tokens.append(token)
+        finished |= torch.isin(token, eos)
+        if bool(finished.all()) or step + 1 == params.max_new_tokens:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=out.past_key_values)
+    tokens = torch.stack(tokens, dim=1).tolist()
+    stats = torch.stack(stats, dim=1).numpy()
+    completions = []
+    for row, row_stats in zip(tokens, stats):
+        ends = [i for i, t in enumerate(row) if t in eos_ids]
+        length, reason = (ends[0] + 1, "eos") if ends else (len(row), "max_new_tokens")
+        completions.append(Completion(row[:length], reason, row_stats[:length].astype(np.float32)))
+    return completions
+
+
+def sample_completions(model, prompts, seeds, params, eos_ids, pad_id, batch_size, top_k):
+    """Sample one completion per (prompt token ids, seed), batch_size sequences at a time;
+    `top_k` is the k of the top-k mass statistic."""
+    completions = []
+    for start in range(0, len(prompts), batch_size):
+        end = start + batch_size
+        completions += _sample_batch(model, prompts[start:end], seeds[start:end], params, set(eos_ids), pad_id, top_k)
+    return completions
+
+
+def eos_token_ids(model, tokenizer):
+    """Every id that ends a completion: the tokenizer's eos and the generation config's."""
+    ids = {tokenizer.eos_token_id}
+    configured = model.generation_config.eos_token_id
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return {i for i in ids if i is not None}

@@ -1,0 +1,19 @@
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+
+from llm_introspection.jobs import run_generate
+
+run_generate(
+    manifest_path=snakemake.input.manifest,
+    prompt_paths=snakemake.input.prompts,
+    generation_paths=snakemake.output.generations,
+    entropy_paths=snakemake.output.entropy,
+    study=snakemake.params.study,
+    settings={
+        "generation": snakemake.params.generation,
+        "runtime": snakemake.params.runtime,
+        "prompt_schema": snakemake.params.prompt_schema,
+    },
+    threads=snakemake.threads,
+)
