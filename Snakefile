@@ -2,7 +2,11 @@
 # Usage: README.md. Study config: config/config.yaml (schema: config/schema/config.schema.yaml).
 
 
-configfile: "config/config.yaml"
+# The default study, unless the command line names its own config (--configfile): then that
+# file alone is the study, not merged into the default (so its models are not added to ours).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"

@@ -37,7 +37,7 @@ wildcard_constraints:
 def job_outputs(pattern):
     """Output paths of one model job: one per prompt, for the job's prompt or all prompts."""
     if PER_PROMPT_JOBS:
-        return pattern
+        return [pattern]
     return expand(pattern, prompt=PROMPT_IDS, allow_missing=True)
 
 

@@ -6,11 +6,9 @@ rule generate:
         generations=job_outputs("results/generations/{model}/{prompt}.json"),
         entropy=job_outputs("results/entropy/{model}/{prompt}.h5"),
     params:
-        prompt_ids=get_job_prompt_ids,
         generation=config["generation"],
         runtime=get_runtime,
         study=config["study"],
-        prompt_schema=PROMPT_SCHEMA,
     log:
         job_file("results/logs/generate", ".log"),
     benchmark:

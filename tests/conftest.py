@@ -98,6 +98,11 @@ def write_study(directory, models, **overrides):
     return path
 
 
+def read_default_models():
+    """The default study's model entries (the two embedded models)."""
+    return yaml.safe_load((REPO / "config/config.yaml").read_text())["models"]
+
+
 def snakemake(directory, *args, check=True, timeout=900):
     """Run the real snakemake CLI on this repository's Snakefile in `directory`."""
     command = [

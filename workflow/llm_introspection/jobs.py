@@ -54,7 +54,7 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
     model, manifest, record, load_s = open_model(manifest_path, settings["runtime"], threads)
     tokenizer = load_tokenizer(manifest)
     params = SamplingParams(gen["temperature"], gen["top_p"], gen["max_new_tokens"])
-    prompts = [load_prompt(path, settings["prompt_schema"]) for path in prompt_paths]
+    prompts = [load_prompt(path) for path in prompt_paths]  # validated when the workflow parsed them
     rendered = [render_prompt(p, tokenizer, record["variant"], record["frame"], record["name"]) for p in prompts]
     seeds = [gen["seed"] + rep for rep in range(gen["reps"])]
     started = time.perf_counter()

@@ -17,11 +17,12 @@ class Prompt:
     base: str
 
 
-def load_prompt(path, schema_path):
-    """Read and validate one prompt file; its id must match the file name."""
+def load_prompt(path, schema_path=None):
+    """Read one prompt file, validated when a schema is given; its id must match the file name."""
     path = Path(path)
     data = read_yaml(path)
-    validate(data, schema_path, f"prompt file {path}")
+    if schema_path is not None:
+        validate(data, schema_path, f"prompt file {path}")
     if data["id"] != path.stem:
         raise InputError(f"prompt file {path}: key 'id' is {data['id']!r}, expected {path.stem!r}")
     return Prompt(**data)

@@ -10,10 +10,6 @@ run_generate(
     generation_paths=snakemake.output.generations,
     entropy_paths=snakemake.output.entropy,
     study=snakemake.params.study,
-    settings={
-        "generation": snakemake.params.generation,
-        "runtime": snakemake.params.runtime,
-        "prompt_schema": snakemake.params.prompt_schema,
-    },
+    settings={"generation": snakemake.params.generation, "runtime": snakemake.params.runtime},
     threads=snakemake.threads,
 )

@@ -1,0 +1,100 @@
+"""The shipped configs and prompt set, and how prompts are rendered."""
+
+import copy
+
+import pytest
+
+from conftest import CONFIG_SCHEMA, PROMPT_SCHEMA, REPO
+from llm_introspection.config import read_yaml, validate
+from llm_introspection.errors import InputError
+from llm_introspection.prompts import PROMPT_TYPES, Prompt, load_prompt_set, render_prompt, select_prompt_ids
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return load_prompt_set(REPO / "resources/prompts", PROMPT_SCHEMA)
+
+
+def test_prompt_set_is_four_types_of_ten_with_matching_frames(prompts):
+    assert len(prompts) == 40
+    for prompt_type in PROMPT_TYPES:
+        assert len([p for p in prompts.values() if p.type == prompt_type]) == 10
+    for prompt in prompts.values():
+        assert prompt.instruct in prompt.base, f"{prompt.id}: the base frame must carry the same request"
+        assert prompt.base == prompt.base.rstrip()
+
+
+def test_default_config_is_the_embedded_small_design(prompts):
+    config = validate(read_yaml(REPO / "config/config.yaml"), CONFIG_SCHEMA, "config")
+    assert {m["source"]["kind"] for m in config["models"].values()} == {"gguf_package"}
+    assert {m["variant"] for m in config["models"].values()} == {"base", "instruct"}
+    assert len(select_prompt_ids(config["prompts"], prompts)) == 8
+    assert config["trace"]["layer_fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert config["runtime"] == {"device": "auto", "dtype": "auto"}
+
+
+def test_seed_study_config_reproduces_the_original_design(prompts):
+    config = validate(read_yaml(REPO / "config/seed_study.yaml"), CONFIG_SCHEMA, "config")
+    models = config["models"]
+    assert len(models) == 16
+    ids = {m["source"]["id"] for m in models.values()}
+    for base in ("meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-3B", "meta-llama/Llama-3.1-8B",
+                 "Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-3B", "Qwen/Qwen2.5-7B"):
+        assert {base, base + "-Instruct"} <= ids
+    assert {"mistralai/Mistral-7B-v0.3", "mistralai/Mistral-7B-Instruct-v0.3", "google/gemma-2-9b", "google/gemma-2-9b-it"} <= ids
+    pairs = {}
+    for m in models.values():
+        pairs.setdefault((m["family"], m["size_b"]), set()).add(m["variant"])
+    assert len(pairs) == 8 and all(v == {"base", "instruct"} for v in pairs.values())
+    assert len(select_prompt_ids(config["prompts"], prompts)) == 40
+    gen = config["generation"]
+    assert (gen["reps"], gen["temperature"], gen["top_p"], gen["max_new_tokens"], gen["seed"]) == (10, 0.8, 0.95, 500, 42)
+    assert config["runtime"]["dtype"] == "bfloat16"
+
+
+def test_validation_fills_defaults_and_names_bad_keys():
+    config = {"models": {"m": {"family": "f", "size_b": 1, "variant": "base",
+                               "source": {"kind": "local", "path": "x"}}},
+              "prompts": {}, "generation": {"reps": 1, "max_new_tokens": 2}}
+    validate(config, CONFIG_SCHEMA, "config")
+    assert config["generation"]["seed"] == 42 and config["models"]["m"]["trust_remote_code"] is False
+    assert config["jobs"]["granularity"] == "model" and config["prompts"]["dir"] == "resources/prompts"
+    bad = copy.deepcopy(config)
+    bad["models"]["m"]["source"]["extra"] = 1
+    with pytest.raises(InputError, match=r"key 'models.m.source': Additional properties are not allowed \('extra'"):
+        validate(bad, CONFIG_SCHEMA, "config")
+    bad = copy.deepcopy(config)
+    bad["models"]["bad name!"] = bad["models"]["m"]
+    with pytest.raises(InputError, match="key 'models': 'bad name!' does not match"):
+        validate(bad, CONFIG_SCHEMA, "config")
+
+
+def test_selection_by_type_and_by_id(prompts):
+    assert select_prompt_ids({"per_type": 1, "ids": []}, prompts) == [
+        "unconstrained_01", "self_reference_01", "structured_novelty_01", "topic_control_01"]
+    assert select_prompt_ids({"ids": ["topic_control_05", "self_reference_02"]}, prompts) == [
+        "topic_control_05", "self_reference_02"]
+    with pytest.raises(InputError, match="prompts.ids.*nope"):
+        select_prompt_ids({"ids": ["nope"], "dir": "d"}, prompts)
+
+
+def test_id_must_match_the_file_name(tmp_path):
+    (tmp_path / "a.yaml").write_text("id: b\ntype: topic_control\ninstruct: x\nbase: y\n")
+    with pytest.raises(InputError, match=r"a.yaml: key 'id' is 'b', expected 'a'"):
+        load_prompt_set(tmp_path, PROMPT_SCHEMA)
+
+
+def test_rendering_uses_the_chat_template_only_for_native_instruct(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompt = Prompt("p", "self_reference", "What are you?", "Interviewer: What are you?\nAI:")
+    text, ids = render_prompt(prompt, tokenizer, "instruct", "native", "m")
+    assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n")
+    assert "What are you?" in text and ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+    for variant, frame in (("instruct", "base"), ("base", "native")):
+        text, ids = render_prompt(prompt, tokenizer, variant, frame, "m")
+        assert text == prompt.base and ids == tokenizer(prompt.base)["input_ids"]
+    tokenizer.chat_template = None
+    with pytest.raises(InputError, match="model m: .*chat template"):
+        render_prompt(prompt, tokenizer, "instruct", "native", "m")

@@ -1,0 +1,209 @@
+"""The real snakemake CLI on tiny random models in a temporary directory."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, snakemake, write_study
+
+pytestmark = pytest.mark.workflow
+
+
+def tiny_models(tokenizer_dir):
+    def entry(architecture, variant, family):
+        return {
+            "family": family, "size_b": 1e-5, "variant": variant,
+            "source": {"kind": "tiny_random", "tokenizer": str(tokenizer_dir), "config": architecture, "seed": 1},
+        }
+
+    return {"tiny-base": entry(TINY_GEMMA3, "base", "gemma3"), "tiny-instruct": entry(TINY_LLAMA, "instruct", "llama")}
+
+
+def planned(result):
+    """(rule, wildcards) of every job a dry run plans."""
+    return re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", result.stdout, flags=re.M)
+
+
+def planned_rules(result):
+    return sorted(rule for rule, _ in planned(result))
+
+
+@pytest.fixture
+def per_prompt_study(tokenizer_dir, tmp_path):
+    write_study(tmp_path, tiny_models(tokenizer_dir), jobs={"granularity": "prompt"})
+    snakemake(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def per_model_study(tokenizer_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("study")
+    write_study(directory, tiny_models(tokenizer_dir))
+    snakemake(directory)
+    return directory
+
+
+def test_full_run_writes_valid_outputs(per_model_study):
+    prompts = ["unconstrained_01", "self_reference_01", "structured_novelty_01", "topic_control_01"]
+    for model in ("tiny-base", "tiny-instruct"):
+        for prompt in prompts:
+            generation = json.loads((per_model_study / f"results/generations/{model}/{prompt}.json").read_text())
+            assert generation["model"]["name"] == model and generation["prompt"]["id"] == prompt
+            assert generation["prompt"]["chat_template"] == (model == "tiny-instruct")
+            assert [r["seed"] for r in generation["reps"]] == [42, 43]
+            assert all(1 <= r["n_tokens"] <= 6 for r in generation["reps"])
+            assert set(generation["versions"]) >= {"torch", "transformers", "python"}
+            with h5py.File(per_model_study / f"results/entropy/{model}/{prompt}.h5") as h5:
+                assert list(h5["n_tokens"][:]) == [r["n_tokens"] for r in generation["reps"]]
+                assert np.isfinite(h5["first_token_entropy_t1"][:]).all()
+            with h5py.File(per_model_study / f"results/activations/{model}/{prompt}.h5") as h5:
+                assert json.loads(h5.attrs["hidden_state_indices"]) == [0, 2, 4]
+                assert h5["prompt/hidden_states"].shape == (3, len(generation["prompt"]["token_ids"]), 32)
+                for rep in generation["reps"]:
+                    group = h5[f"rep_{rep['rep']:02d}"]
+                    assert group["hidden_states"].shape == (3, rep["n_tokens"], 32)
+                    assert list(group["token_ids"][:]) == rep["token_ids"]
+
+
+def test_rerun_does_nothing(per_model_study):
+    result = snakemake(per_model_study, "--dry-run")
+    assert planned(result) == [] and "Nothing to be done" in result.stdout
+
+
+def test_forcerun_trace_reruns_only_tracing(per_model_study):
+    assert planned_rules(snakemake(per_model_study, "--dry-run", "-R", "trace")) == ["trace", "trace"]
+
+
+def test_rerun_reproduces_generations_bit_for_bit(per_model_study):
+    path = per_model_study / "results/generations/tiny-instruct/self_reference_01.json"
+    entropy = per_model_study / "results/entropy/tiny-instruct/self_reference_01.h5"
+
+    def content():
+        data = json.loads(path.read_text())
+        timings = data.pop("timings")
+        with h5py.File(entropy) as h5:
+            arrays = {name: h5[name][:] for name in h5}
+        return json.dumps(data, sort_keys=True), arrays, timings
+
+    before, before_arrays, before_timings = content()
+    snakemake(per_model_study, "--forcerun", "generate")
+    after, after_arrays, after_timings = content()
+    assert before == after  # every byte but the job timings
+    assert before_timings != after_timings  # the job really ran again
+    for name, array in before_arrays.items():
+        np.testing.assert_array_equal(array, after_arrays[name])
+
+
+def edit_prompt(study, prompt_id):
+    path = study / f"prompts/{prompt_id}.yaml"
+    path.write_text(path.read_text().replace("instruct: \"", "instruct: \"Please: "))
+
+
+def test_editing_one_prompt_reruns_only_its_jobs(per_prompt_study):
+    os.utime(per_prompt_study / "prompts/topic_control_01.yaml")  # a touch alone changes nothing
+    assert planned(snakemake(per_prompt_study, "--dry-run")) == []
+    edit_prompt(per_prompt_study, "self_reference_01")
+    jobs = planned(snakemake(per_prompt_study, "--dry-run"))
+    assert sorted(jobs) == sorted(
+        (rule, f"model={model}, prompt=self_reference_01")
+        for rule in ("generate", "trace")
+        for model in ("tiny-base", "tiny-instruct")
+    )
+
+
+def test_editing_one_prompt_reruns_its_model_jobs_at_model_granularity(per_model_study):
+    edit_prompt(per_model_study, "self_reference_01")
+    assert planned_rules(snakemake(per_model_study, "--dry-run")) == ["generate", "generate", "trace", "trace"]
+    snakemake(per_model_study)
+
+
+@pytest.mark.parametrize("granularity, jobs", [("model", 16), ("prompt", 640)])
+def test_seed_study_dry_run_plans_every_output_without_loading_models(granularity, jobs, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(REPO / "config/seed_study.yaml"), "--dry-run",
+         "--config", f"jobs={{granularity: {granularity}}}", f"prompts={{dir: {REPO / 'resources/prompts'}}}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
+    assert (counts["prepare_model"], counts["generate"], counts["trace"]) == ("16", str(jobs), str(jobs))
+    outputs = re.findall(r"^    output: (.*)$", result.stdout, flags=re.M)
+    planned_files = {path for line in outputs for path in line.split(", ")}
+    for kind, suffix in (("generations", ".json"), ("entropy", ".h5"), ("activations", ".h5")):
+        assert len([p for p in planned_files if p.startswith(f"results/{kind}/") and p.endswith(suffix)]) == 640
+    assert not (tmp_path / "results").exists()  # planning ran no job and loaded no model
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"generation": {"temperature": "hot"}}, "key 'generation.temperature': 'hot' is not of type 'number'"),
+        ({"generation": {"reps": 0}}, "key 'generation.reps': 0 is less than the minimum of 1"),
+        ({"models": {"bad": {"family": "f", "size_b": 1, "variant": "base", "source": {"kind": "ftp"}}}},
+         "key 'models.bad.source.kind': 'ftp' is not one of"),
+        ({"models": {"bad": {"family": "f", "size_b": 1, "variant": "base", "source": {"kind": "hf"}}}},
+         "key 'models.bad.source': 'id' is a required property"),
+        ({"jobs": {"granularity": "rep"}}, "key 'jobs.granularity'"),
+    ],
+)
+def test_invalid_config_fails_before_any_job_naming_the_key(change, message, tokenizer_dir, tmp_path):
+    models = {**tiny_models(tokenizer_dir), **change.pop("models", {})}
+    write_study(tmp_path, models, **change)
+    result = snakemake(tmp_path, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_prompt_file_with_a_missing_field_is_named(tokenizer_dir, tmp_path):
+    write_study(tmp_path, tiny_models(tokenizer_dir))
+    broken = tmp_path / "prompts/topic_control_03.yaml"
+    broken.write_text("id: topic_control_03\ntype: topic_control\ninstruct: Explain tides.\n")
+    result = snakemake(tmp_path, "--dry-run", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"prompt file {Path('prompts/topic_control_03.yaml')} is invalid" in output
+    assert "key '(top level)': 'base' is a required property" in output
+
+
+def test_unknown_model_package_fails_naming_the_model(tokenizer_dir, tmp_path):
+    models = {"ghost": {"family": "f", "size_b": 1, "variant": "base",
+                        "source": {"kind": "gguf_package", "package": "no_such_pkg_xyz", "file": "m.gguf"}}}
+    write_study(tmp_path, models)
+    result = snakemake(tmp_path, check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "results/logs/prepare_model/ghost.log").read_text()
+    assert "model ghost (source gguf_package package=no_such_pkg_xyz" in log and "not installed" in log
+    assert not (tmp_path / "results/models/ghost/manifest.json").exists()
+
+
+def test_killed_run_leaves_no_output_taken_as_complete(tokenizer_dir, tmp_path):
+    write_study(tmp_path, tiny_models(tokenizer_dir), generation={"max_new_tokens": 100, "reps": 4})
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+               "--configfile", str(tmp_path / "config.yaml"), "--cores", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    started = tmp_path / "results/logs/generate/tiny-base.log"
+    deadline = time.time() + 300
+    while not (started.exists() and "loaded" in started.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert started.exists(), "generate never started"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    leftovers = list((tmp_path / "results").rglob("*.json")) + list((tmp_path / "results").rglob("*.h5"))
+    assert not [p for p in leftovers if "generations" in p.parts or "entropy" in p.parts]
+    rerun = snakemake(tmp_path, "--dry-run")
+    assert "generate" in planned_rules(rerun)
+    snakemake(tmp_path, "--unlock")  # what a user does after a kill: the lock outlives the process
+    snakemake(tmp_path)
+    assert len(list((tmp_path / "results/generations").rglob("*.json"))) == 8
