@@ -15,6 +15,10 @@ include: "rules/generate.smk"
 include: "rules/trace.smk"
 
 
+localrules:
+    all,
+
+
 rule all:
     default_target: True
     input:

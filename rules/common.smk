@@ -1,15 +1,10 @@
-import os
 import re
 import sys
 from pathlib import Path
 
-# The library lives in workflow/llm_introspection: importable here and, through PYTHONPATH,
-# in every job's script, whether the package is pip-installed or not (e.g. --sdm conda).
-LIBRARY_DIR = str(Path(workflow.basedir) / "workflow")
-sys.path.insert(0, LIBRARY_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (LIBRARY_DIR, os.environ.get("PYTHONPATH")) if p
-)
+# The library lives in workflow/llm_introspection; each script puts it on its path the same
+# way, so it needs no install (e.g. with --sdm conda).
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from llm_introspection.config import validate
 from llm_introspection.errors import InputError
@@ -43,7 +38,11 @@ def job_outputs(pattern):
 
 def job_file(prefix, suffix):
     """A log or benchmark path with exactly the wildcards of the job's outputs."""
-    return f"{prefix}/{{model}}/{{prompt}}{suffix}" if PER_PROMPT_JOBS else f"{prefix}/{{model}}{suffix}"
+    return (
+        f"{prefix}/{{model}}/{{prompt}}{suffix}"
+        if PER_PROMPT_JOBS
+        else f"{prefix}/{{model}}{suffix}"
+    )
 
 
 def get_job_prompt_ids(wildcards):
@@ -51,7 +50,9 @@ def get_job_prompt_ids(wildcards):
 
 
 def get_job_prompt_files(wildcards):
-    return [f"{config['prompts']['dir']}/{p}.yaml" for p in get_job_prompt_ids(wildcards)]
+    return [
+        f"{config['prompts']['dir']}/{p}.yaml" for p in get_job_prompt_ids(wildcards)
+    ]
 
 
 def get_runtime(wildcards):
@@ -71,4 +72,8 @@ def get_study_outputs():
         "results/entropy/{model}/{prompt}.h5",
         "results/activations/{model}/{prompt}.h5",
     ]
-    return [path for pattern in patterns for path in expand(pattern, model=MODELS, prompt=PROMPT_IDS)]
+    return [
+        path
+        for pattern in patterns
+        for path in expand(pattern, model=MODELS, prompt=PROMPT_IDS)
+    ]

@@ -5,18 +5,18 @@ rule generate:
     output:
         generations=job_outputs("results/generations/{model}/{prompt}.json"),
         entropy=job_outputs("results/entropy/{model}/{prompt}.h5"),
-    params:
-        generation=config["generation"],
-        runtime=get_runtime,
-        study=config["study"],
     log:
         job_file("results/logs/generate", ".log"),
     benchmark:
         job_file("results/benchmarks/generate", ".tsv")
+    conda:
+        "../envs/model.yaml"
     threads: 2
     resources:
         gpu=1,
-    conda:
-        "../envs/model.yaml"
+    params:
+        generation=config["generation"],
+        runtime=get_runtime,
+        study=config["study"],
     script:
         "../workflow/scripts/generate.py"

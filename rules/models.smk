@@ -9,12 +9,12 @@ localrules:
 rule prepare_model:
     output:
         manifest="results/models/{model}/manifest.json",
-    params:
-        spec=get_model_spec,
     log:
         "results/logs/prepare_model/{model}.log",
-    threads: 2
     conda:
         "../envs/model.yaml"
+    threads: 2
+    params:
+        spec=get_model_spec,
     script:
         "../workflow/scripts/prepare_model.py"

@@ -4,17 +4,17 @@ rule trace:
         generations=job_outputs("results/generations/{model}/{prompt}.json"),
     output:
         activations=job_outputs("results/activations/{model}/{prompt}.h5"),
-    params:
-        trace=config["trace"],
-        runtime=get_runtime,
     log:
         job_file("results/logs/trace", ".log"),
     benchmark:
         job_file("results/benchmarks/trace", ".tsv")
+    conda:
+        "../envs/model.yaml"
     threads: 2
     resources:
         gpu=1,
-    conda:
-        "../envs/model.yaml"
+    params:
+        trace=config["trace"],
+        runtime=get_runtime,
     script:
         "../workflow/scripts/trace.py"

@@ -27,6 +27,13 @@ def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def _check_paths_follow(ids, *path_lists):
+    """The rule's per-prompt path lists must name the prompts in the order the job serves them."""
+    for paths in path_lists:
+        if [Path(p).stem for p in paths] != list(ids):
+            raise ValueError(f"output paths {list(paths)} do not follow the prompts {list(ids)}")
+
+
 def open_model(manifest_path, runtime, threads):
     """Load a prepared model as the runtime config says; return it, its manifest, the model
     record every output carries and the load time."""
@@ -55,6 +62,7 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
     tokenizer = load_tokenizer(manifest)
     params = SamplingParams(gen["temperature"], gen["top_p"], gen["max_new_tokens"])
     prompts = [load_prompt(path) for path in prompt_paths]  # validated when the workflow parsed them
+    _check_paths_follow([p.id for p in prompts], generation_paths, entropy_paths)
     rendered = [render_prompt(p, tokenizer, record["variant"], record["frame"], record["name"]) for p in prompts]
     seeds = [gen["seed"] + rep for rep in range(gen["reps"])]
     started = time.perf_counter()
@@ -125,6 +133,7 @@ def run_trace(manifest_path, generation_paths, activation_paths, settings, threa
     model, _, record, _ = open_model(manifest_path, settings["runtime"], threads)
     indices = hidden_state_indices(trace["layer_fractions"], record["n_layers"])
     generations = [read_json(path) for path in generation_paths]
+    _check_paths_follow([g["prompt"]["id"] for g in generations], activation_paths)
     started = time.perf_counter()
     traced = trace_prompts(
         model,

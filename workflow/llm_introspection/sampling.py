@@ -15,6 +15,10 @@ import torch
 
 # The nucleus is searched among this many top tokens first; a full sort only when it is wider.
 _NUCLEUS_CANDIDATES = 1024
+# Rows of full-vocabulary work per chunk on the CPU: a (rows, 262k) float32 block stays in
+# cache, where a whole batch's does not (measured 5x faster per step at 40 rows of Gemma's
+# vocabulary). A GPU takes the whole batch at once.
+_CPU_ROWS_PER_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,21 @@ def token_statistics(logits, probs, column, chosen, top_k):
     return torch.stack([entropy_t1, entropy_sampling, topk_mass, logprob_t1, logprob_sampling], dim=1)
 
 
+def sample_step(logits, uniforms, params, top_k):
+    """Draw one token per row and its statistics."""
+    chunk = logits.shape[0] if logits.is_cuda else _CPU_ROWS_PER_CHUNK
+    chosen, stats = [], []
+    for start in range(0, logits.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        block = logits[rows].float()
+        probs, token_ids = sampling_distribution(block, params.temperature, params.top_p)
+        column = draw(probs, uniforms[rows])
+        tokens = token_ids.gather(-1, column).squeeze(-1)
+        chosen.append(tokens)
+        stats.append(token_statistics(block, probs, column, tokens, top_k))
+    return torch.cat(chosen), torch.cat(stats)
+
+
 def noise_streams(seeds, steps):
     """One row of uniforms per seed, each from its own generator."""
     return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds])
@@ -106,11 +125,8 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k):
     tokens, stats = [], []
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for step in range(params.max_new_tokens):
-        logits = out.logits[:, -1]
-        probs, token_ids = sampling_distribution(logits, params.temperature, params.top_p)
-        column = draw(probs, uniforms[:, step])
-        chosen = token_ids.gather(-1, column).squeeze(-1)
-        stats.append(token_statistics(logits, probs, column, chosen, top_k).cpu())
+        chosen, step_stats = sample_step(out.logits[:, -1], uniforms[:, step], params, top_k)
+        stats.append(step_stats.cpu())
         token = torch.where(finished, pad_id, chosen)
         tokens.append(token)
         finished |= torch.isin(token, eos)

@@ -1,6 +1,8 @@
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
 
 from llm_introspection.jobs import run_prepare
 
