@@ -13,6 +13,8 @@ include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/generate.smk"
 include: "rules/trace.smk"
+include: "rules/coding.smk"
+include: "rules/statistics.smk"
 
 
 localrules:

@@ -12,6 +12,8 @@ from llm_introspection.prompts import load_prompt_set, select_prompt_ids
 
 CONFIG_SCHEMA = workflow.source_path("../config/schema/config.schema.yaml")
 PROMPT_SCHEMA = workflow.source_path("../config/schema/prompt.schema.yaml")
+# Passed to jobs: a path inside the repository, stable across runs (source_path's is not).
+LEXICON_SCHEMA = str(Path(workflow.basedir) / "config/schema/lexicon.schema.yaml")
 
 try:
     validate(config, CONFIG_SCHEMA, "the config")
@@ -66,14 +68,28 @@ def get_model_spec(wildcards):
     return MODELS[wildcards.model]
 
 
+def get_model_generations(wildcards):
+    """Every generation file of one model."""
+    return expand(
+        "results/generations/{model}/{prompt}.json",
+        model=wildcards.model,
+        prompt=PROMPT_IDS,
+    )
+
+
 def get_study_outputs():
     patterns = [
         "results/generations/{model}/{prompt}.json",
         "results/entropy/{model}/{prompt}.h5",
         "results/activations/{model}/{prompt}.h5",
     ]
-    return [
+    per_prompt = [
         path
         for pattern in patterns
         for path in expand(pattern, model=MODELS, prompt=PROMPT_IDS)
+    ]
+    return per_prompt + [
+        "results/statistics/content_statistics.csv",
+        "results/statistics/mixed_effects.json",
+        "results/statistics/scaling_statistics.json",
     ]

@@ -83,6 +83,7 @@ def write_study(directory, models, **overrides):
     directory = Path(directory)
     if not (directory / "prompts").exists():
         shutil.copytree(REPO / "resources/prompts", directory / "prompts")
+        shutil.copy(REPO / "resources/lexicons/coding.yaml", directory / "lexicon.yaml")
     config = {
         "study": "test",
         "models": models,
@@ -90,6 +91,8 @@ def write_study(directory, models, **overrides):
         "generation": {"reps": 2, "max_new_tokens": 6, "batch_size": 4},
         "trace": {"layer_fractions": [0.0, 0.5, 1.0], "batch_size": 4},
         "jobs": {"granularity": "model"},
+        "coding": {"lexicon": "lexicon.yaml"},
+        "statistics": {"bootstrap_resamples": 1000},
     }
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value

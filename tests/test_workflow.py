@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, snakemake, write_study
@@ -29,8 +30,14 @@ def tiny_models(tokenizer_dir):
 
 
 def planned(result):
-    """(rule, wildcards) of every job a dry run plans."""
-    return re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    wildcards: (.*)$", result.stdout, flags=re.M)
+    """(rule, wildcards) of every job a dry run plans, the target rule `all` aside."""
+    jobs = []
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", result.stdout, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        wildcards = re.search(r"^    wildcards: (.*)$", block, flags=re.M)
+        if rule != "all":
+            jobs.append((rule, wildcards.group(1) if wildcards else ""))
+    return jobs
 
 
 def planned_rules(result):
@@ -79,6 +86,23 @@ def test_rerun_does_nothing(per_model_study):
     assert planned(result) == [] and "Nothing to be done" in result.stdout
 
 
+def test_statistics_run_on_the_coded_completions(per_model_study):
+    coded = pd.read_csv(per_model_study / "results/coding/keyword/tiny-instruct.csv")
+    assert len(coded) == 4 * 2 and set(coded["self_reference"]) <= {0, 1, 2, 3}
+    content = pd.read_csv(per_model_study / "results/statistics/content_statistics.csv")
+    paired = content[content["comparison"] == "instruct_vs_base"]
+    assert paired["note"].str.contains("no family has both").all()  # one variant per family here
+    mixed = json.loads((per_model_study / "results/statistics/mixed_effects.json").read_text())
+    assert mixed["dimensions"]["self_reference"]["instruct"]["estimable"] is False
+
+
+def test_changing_the_lexicon_reruns_coding_and_what_follows_only(per_model_study):
+    lexicon = per_model_study / "lexicon.yaml"
+    lexicon.write_text(lexicon.read_text().replace("description:", "description: (edited)", 1))
+    assert planned_rules(snakemake(per_model_study, "--dry-run")) == ["code_keywords", "code_keywords", "content_statistics"]
+    snakemake(per_model_study)
+
+
 def test_forcerun_trace_reruns_only_tracing(per_model_study):
     assert planned_rules(snakemake(per_model_study, "--dry-run", "-R", "trace")) == ["trace", "trace"]
 
@@ -113,16 +137,16 @@ def test_editing_one_prompt_reruns_only_its_jobs(per_prompt_study):
     assert planned(snakemake(per_prompt_study, "--dry-run")) == []
     edit_prompt(per_prompt_study, "self_reference_01")
     jobs = planned(snakemake(per_prompt_study, "--dry-run"))
-    assert sorted(jobs) == sorted(
-        (rule, f"model={model}, prompt=self_reference_01")
-        for rule in ("generate", "trace")
-        for model in ("tiny-base", "tiny-instruct")
-    )
+    models = ("tiny-base", "tiny-instruct")
+    model_jobs = [(rule, f"model={m}, prompt=self_reference_01") for rule in ("generate", "trace") for m in models]
+    analysis = [("code_keywords", f"model={m}") for m in models] + [("content_statistics", "")]
+    assert sorted(jobs) == sorted(model_jobs + analysis)
 
 
 def test_editing_one_prompt_reruns_its_model_jobs_at_model_granularity(per_model_study):
     edit_prompt(per_model_study, "self_reference_01")
-    assert planned_rules(snakemake(per_model_study, "--dry-run")) == ["generate", "generate", "trace", "trace"]
+    assert planned_rules(snakemake(per_model_study, "--dry-run")) == [
+        "code_keywords", "code_keywords", "content_statistics", "generate", "generate", "trace", "trace"]
     snakemake(per_model_study)
 
 
