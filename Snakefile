@@ -15,6 +15,7 @@ include: "rules/generate.smk"
 include: "rules/trace.smk"
 include: "rules/coding.smk"
 include: "rules/statistics.smk"
+include: "rules/entropy.smk"
 
 
 localrules:

@@ -92,4 +92,6 @@ def get_study_outputs():
         "results/statistics/content_statistics.csv",
         "results/statistics/mixed_effects.json",
         "results/statistics/scaling_statistics.json",
+        "results/statistics/entropy_statistics_enhanced.csv",
+        "results/statistics/entropy_profiles.csv",
     ]

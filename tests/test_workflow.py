@@ -94,6 +94,9 @@ def test_statistics_run_on_the_coded_completions(per_model_study):
     assert paired["note"].str.contains("no family has both").all()  # one variant per family here
     mixed = json.loads((per_model_study / "results/statistics/mixed_effects.json").read_text())
     assert mixed["dimensions"]["self_reference"]["instruct"]["estimable"] is False
+    entropy = pd.read_csv(per_model_study / "results/statistics/entropy_statistics_enhanced.csv")
+    described = entropy[(entropy["comparison"] == "descriptive") & (entropy["dimension"] == "first_token_entropy_t1")]
+    assert len(described) == 2 * 4 and set(described["n_a"]) == {1}  # 2 models x 4 prompt types, 1 prompt each
 
 
 def test_changing_the_lexicon_reruns_coding_and_what_follows_only(per_model_study):
@@ -139,14 +142,15 @@ def test_editing_one_prompt_reruns_only_its_jobs(per_prompt_study):
     jobs = planned(snakemake(per_prompt_study, "--dry-run"))
     models = ("tiny-base", "tiny-instruct")
     model_jobs = [(rule, f"model={m}, prompt=self_reference_01") for rule in ("generate", "trace") for m in models]
-    analysis = [("code_keywords", f"model={m}") for m in models] + [("content_statistics", "")]
+    analysis = [("code_keywords", f"model={m}") for m in models] + [("content_statistics", ""), ("entropy_statistics", "")]
     assert sorted(jobs) == sorted(model_jobs + analysis)
 
 
 def test_editing_one_prompt_reruns_its_model_jobs_at_model_granularity(per_model_study):
     edit_prompt(per_model_study, "self_reference_01")
     assert planned_rules(snakemake(per_model_study, "--dry-run")) == [
-        "code_keywords", "code_keywords", "content_statistics", "generate", "generate", "trace", "trace"]
+        "code_keywords", "code_keywords", "content_statistics", "entropy_statistics", "generate", "generate",
+        "trace", "trace"]
     snakemake(per_model_study)
 
 
@@ -155,7 +159,7 @@ def test_seed_study_dry_run_plans_every_output_without_loading_models(granularit
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--configfile", str(REPO / "config/seed_study.yaml"), "--dry-run",
-         "--config", f"jobs={{granularity: {granularity}}}", f"prompts={{dir: {REPO / 'resources/prompts'}}}"],
+         "--config", f"jobs={{granularity: {granularity}}}", f"prompts={{dir: {REPO / 'resources/prompts'}}}", f"coding={{lexicon: {REPO / 'resources/lexicons/coding.yaml'}}}"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr

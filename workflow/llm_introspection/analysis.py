@@ -1,18 +1,32 @@
-"""The work of the analysis rules, free of Snakemake: keyword coding and content statistics.
+"""The work of the analysis rules, free of Snakemake: keyword coding, content and entropy statistics.
 
 No torch here: these rules run in the analysis environment.
 """
 
 import json
 
+import h5py
+import numpy as np
 import pandas as pd
 
 from .coding import code_table, load_lexicon
-from .statistics import content_statistics, mixed_effects, scaling
+from .statistics import bootstrap_ci, content_statistics, mixed_effects, scaling
 from .storage import atomic_path, read_json, versions, write_json
 
 DIMENSIONS = ("self_reference", "meta_cognition", "hedging")
 DESIGN_COLUMNS = ("model", "family", "size_b", "variant", "prompt_id", "prompt_type", "rep", "seed")
+# The first token's distribution depends on the prompt alone (every rep shares it), so its
+# entropies count once per (model, prompt); the mean entropies once per completion.
+FIRST_TOKEN_MEASURES = ("first_token_entropy_t1", "first_token_entropy_sampling")
+COMPLETION_MEASURES = ("mean_entropy_t1", "mean_entropy_sampling")
+
+
+def _design(model, prompt):
+    """The design columns a model record and a prompt record give every completion."""
+    return {
+        "model": model["name"], "family": model["family"], "size_b": model["size_b"],
+        "variant": model["variant"], "prompt_id": prompt["id"], "prompt_type": prompt["type"],
+    }
 
 
 def completion_rows(generation_paths):
@@ -20,13 +34,9 @@ def completion_rows(generation_paths):
     rows = []
     for path in generation_paths:
         generation = read_json(path)
-        model, prompt = generation["model"], generation["prompt"]
+        design = _design(generation["model"], generation["prompt"])
         for rep in generation["reps"]:
-            rows.append({
-                "model": model["name"], "family": model["family"], "size_b": model["size_b"],
-                "variant": model["variant"], "prompt_id": prompt["id"], "prompt_type": prompt["type"],
-                "rep": rep["rep"], "seed": rep["seed"], "text": rep["text"],
-            })
+            rows.append(design | {"rep": rep["rep"], "seed": rep["seed"], "text": rep["text"]})
     return rows
 
 
@@ -69,3 +79,54 @@ def run_content_statistics(coding_paths, outputs, settings):
             for d in DIMENSIONS
         },
     })
+
+
+def entropy_tables(entropy_paths):
+    """Per completion (first-token and mean entropies) and per position (the profile) tables."""
+    completions, positions = [], []
+    for path in entropy_paths:
+        with h5py.File(path, "r") as h5:
+            design = _design(json.loads(h5.attrs["model"]), json.loads(h5.attrs["prompt"]))
+            seeds, lengths = h5["seeds"][:], h5["n_tokens"][:]
+            t1, sampling = h5["entropy_t1"][:], h5["entropy_sampling"][:]
+        for rep, (seed, length) in enumerate(zip(seeds, lengths)):
+            completions.append(design | {
+                "rep": rep, "seed": int(seed), "n_tokens": int(length),
+                "first_token_entropy_t1": t1[rep, 0], "first_token_entropy_sampling": sampling[rep, 0],
+                "mean_entropy_t1": np.nanmean(t1[rep]), "mean_entropy_sampling": np.nanmean(sampling[rep]),
+            })
+            positions += [design | {"rep": rep, "position": k, "entropy_t1": t1[rep, k],
+                                    "entropy_sampling": sampling[rep, k]} for k in range(int(length))]
+    return pd.DataFrame(completions), pd.DataFrame(positions)
+
+
+def describe_by_model(table, measures, n_resamples, seed):
+    """Mean and percentile-bootstrap CI of each measure per model and prompt type (descriptive)."""
+    rows = []
+    for (model, prompt_type), group in table.groupby(["model", "prompt_type"], sort=True):
+        design = group.iloc[0][["family", "size_b", "variant"]].to_dict()
+        for measure in measures:
+            mean, low, high = bootstrap_ci(group[measure], np.mean, n_resamples, seed=seed)
+            rows.append({"comparison": "descriptive", "dimension": measure, "model": model,
+                         "prompt_type": prompt_type, **design, "n_a": len(group),
+                         "mean_a": mean, "mean_a_low": low, "mean_a_high": high})
+    return pd.DataFrame(rows)
+
+
+def run_entropy_statistics(entropy_paths, outputs, settings):
+    """entropy_statistics_enhanced.csv (per-model descriptives and instruct vs base comparisons of
+    first-token and mean entropy, at T=1 and of the sampling distribution) and entropy_profiles.csv
+    (mean entropy per position, model and prompt type)."""
+    completions, positions = entropy_tables(entropy_paths)
+    n_resamples, seed = settings["bootstrap_resamples"], settings["seed"]
+    per_prompt = completions.drop_duplicates(["model", "prompt_id"])
+    parts = [
+        analysis(table, measures, n_resamples, seed)
+        for table, measures in ((per_prompt, FIRST_TOKEN_MEASURES), (completions, COMPLETION_MEASURES))
+        for analysis in (describe_by_model, content_statistics)
+    ]
+    write_csv(outputs["statistics"], pd.concat(parts, ignore_index=True))
+    profile = (positions.groupby(["model", "family", "variant", "prompt_type", "position"], sort=True)
+               [["entropy_t1", "entropy_sampling"]].agg(["mean", "count"]))
+    profile.columns = [f"{measure}_{stat}" for measure, stat in profile.columns]
+    write_csv(outputs["profiles"], profile.reset_index())

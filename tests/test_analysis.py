@@ -1,0 +1,80 @@
+"""The analysis rules' work on files written the way the model rules write them."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from llm_introspection.analysis import entropy_tables, run_entropy_statistics, run_keyword_coding
+from llm_introspection.coding import code_text, load_lexicon
+from llm_introspection.jobs import _write_entropy
+from llm_introspection.sampling import Completion
+from llm_introspection.storage import write_json
+
+LEXICON = REPO / "resources/lexicons/coding.yaml"
+LEXICON_SCHEMA = REPO / "config/schema/lexicon.schema.yaml"
+
+
+def header(model, variant, family, prompt, prompt_type):
+    return {
+        "study": "t", "generation": {}, "versions": {},
+        "model": {"name": model, "family": family, "size_b": 1.0, "variant": variant},
+        "prompt": {"id": prompt, "type": prompt_type},
+    }
+
+
+def completion(first, rest):
+    stats = np.zeros((1 + len(rest), 5), dtype=np.float32)
+    stats[:, 0] = [first, *rest]
+    stats[:, 1] = stats[:, 0] / 2
+    return Completion(list(range(len(stats))), "max_new_tokens", stats)
+
+
+@pytest.fixture
+def entropy_files(tmp_path):
+    paths = []
+    for model, variant, shift in (("b", "base", 0.0), ("i", "instruct", 1.0)):
+        for prompt, prompt_type in (("p1", "self_reference"), ("p2", "topic_control")):
+            path = tmp_path / f"{model}_{prompt}.h5"
+            reps = [completion(2.0 + shift, [1.0, 3.0]), completion(2.0 + shift, [5.0])]
+            _write_entropy(path, header(model, variant, "fam", prompt, prompt_type), [42, 43], reps)
+            paths.append(path)
+    return paths
+
+
+def test_entropy_tables_read_what_generate_wrote(entropy_files):
+    completions, positions = entropy_tables(entropy_files)
+    row = completions[(completions["model"] == "i") & (completions["prompt_id"] == "p1") & (completions["rep"] == 1)]
+    assert row["first_token_entropy_t1"].item() == 3.0 and row["mean_entropy_t1"].item() == pytest.approx(4.0)
+    assert row["first_token_entropy_sampling"].item() == 1.5 and row["n_tokens"].item() == 2
+    assert len(positions) == 4 * (3 + 2)  # NaN padding after the shorter rep is not a position
+
+
+def test_first_token_entropy_counts_once_per_prompt(entropy_files, tmp_path):
+    outputs = {"statistics": tmp_path / "s.csv", "profiles": tmp_path / "p.csv"}
+    run_entropy_statistics(entropy_files, outputs, {"bootstrap_resamples": 200, "seed": 0})
+    table = pd.read_csv(outputs["statistics"])
+    first = table[(table["comparison"] == "instruct_vs_base") & (table["dimension"] == "first_token_entropy_t1")]
+    assert set(first["n_a"]) == {1} and set(first["n_b"]) == {1}  # one prompt per type, not one per rep
+    assert first["diff"].tolist() == [1.0, 1.0]
+    means = table[(table["comparison"] == "instruct_vs_base") & (table["dimension"] == "mean_entropy_t1")]
+    assert set(means["n_a"]) == {2}
+    profile = pd.read_csv(outputs["profiles"])
+    start = profile[(profile["model"] == "b") & (profile["prompt_type"] == "self_reference") & (profile["position"] == 1)]
+    assert start["entropy_t1_mean"].item() == pytest.approx(3.0) and start["entropy_t1_count"].item() == 2
+
+
+def test_keyword_coding_codes_every_completion(tmp_path):
+    texts = ["As an AI language model, I don't have feelings, and I'm not sure what I notice.", "Tides follow the moon."]
+    generation = header("m", "instruct", "fam", "p1", "self_reference") | {
+        "reps": [{"rep": r, "seed": 42 + r, "text": t} for r, t in enumerate(texts)]}
+    write_json(tmp_path / "p1.json", generation)
+    run_keyword_coding([tmp_path / "p1.json"], LEXICON, LEXICON_SCHEMA, tmp_path / "m.csv")
+    table = pd.read_csv(tmp_path / "m.csv")
+    lexicon = load_lexicon(LEXICON, LEXICON_SCHEMA)
+    assert table["rep"].tolist() == [0, 1] and set(table["lexicon_sha256"]) == {lexicon.sha256}
+    for text, (_, row) in zip(texts, table.iterrows()):
+        expected = code_text(text, lexicon)
+        assert [row[d] for d in ("self_reference", "meta_cognition", "hedging")] == [
+            expected[d] for d in ("self_reference", "meta_cognition", "hedging")]
+    assert table.loc[0, "self_reference"] >= 1 and table.loc[1, "self_reference"] == 0

@@ -1,0 +1,13 @@
+import sys
+from pathlib import Path
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
+
+from llm_introspection.analysis import run_entropy_statistics
+
+run_entropy_statistics(
+    entropy_paths=snakemake.input.entropy,
+    outputs=dict(snakemake.output.items()),
+    settings=snakemake.params.statistics,
+)
