@@ -16,6 +16,7 @@ include: "rules/trace.smk"
 include: "rules/coding.smk"
 include: "rules/statistics.smk"
 include: "rules/entropy.smk"
+include: "rules/judge.smk"
 
 
 localrules:

@@ -14,6 +14,7 @@ CONFIG_SCHEMA = workflow.source_path("../config/schema/config.schema.yaml")
 PROMPT_SCHEMA = workflow.source_path("../config/schema/prompt.schema.yaml")
 # Passed to jobs: a path inside the repository, stable across runs (source_path's is not).
 LEXICON_SCHEMA = str(Path(workflow.basedir) / "config/schema/lexicon.schema.yaml")
+RUBRIC_SCHEMA = str(Path(workflow.basedir) / "config/schema/rubric.schema.yaml")
 
 try:
     validate(config, CONFIG_SCHEMA, "the config")
@@ -23,6 +24,11 @@ except InputError as error:
     raise WorkflowError(str(error)) from None
 
 MODELS = config["models"]
+if config["judge"]["model"] not in MODELS:
+    raise WorkflowError(
+        f"config key 'judge.model': {config['judge']['model']!r} is not one of the models "
+        f"({', '.join(MODELS)}); the judge must be a model of the config"
+    )
 PER_PROMPT_JOBS = config["jobs"]["granularity"] == "prompt"
 
 
@@ -57,11 +63,25 @@ def get_job_prompt_files(wildcards):
     ]
 
 
-def get_runtime(wildcards):
+def model_runtime(name):
     """runtime settings of one model: its own dtype overrides runtime.dtype."""
     runtime = dict(config["runtime"])
-    runtime["dtype"] = MODELS[wildcards.model].get("dtype", runtime["dtype"])
+    runtime["dtype"] = MODELS[name].get("dtype", runtime["dtype"])
     return runtime
+
+
+def get_runtime(wildcards):
+    return model_runtime(wildcards.model)
+
+
+def get_judge_manifest(wildcards):
+    return f"results/models/{config['judge']['model']}/manifest.json"
+
+
+def get_judge_runtime(wildcards):
+    return get_runtime(
+        wildcards.__class__(fromdict={"model": config["judge"]["model"]})
+    )
 
 
 def get_model_spec(wildcards):
@@ -94,4 +114,5 @@ def get_study_outputs():
         "results/statistics/scaling_statistics.json",
         "results/statistics/entropy_statistics_enhanced.csv",
         "results/statistics/entropy_profiles.csv",
+        "results/statistics/agreement_statistics.json",
     ]

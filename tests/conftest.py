@@ -63,7 +63,7 @@ def tiny_spec(tokenizer_dir, architecture, variant="base", seed=0):
         "family": architecture["model_type"], "size_b": 1e-5, "variant": variant,
         "source": {"kind": "tiny_random", "tokenizer": str(tokenizer_dir), "config": architecture, "seed": seed},
     }
-    config = {"models": {"m": spec}, "prompts": {}, "generation": {"reps": 1, "max_new_tokens": 1}}
+    config = {"models": {"m": spec}, "prompts": {}, "generation": {"reps": 1, "max_new_tokens": 1}, "judge": {"model": "m"}}
     validate(config, CONFIG_SCHEMA, "test config")
     return config["models"]["m"]
 
@@ -76,6 +76,11 @@ def load_tiny(tokenizer_dir, architecture, tmp_path, variant="base"):
 
     manifest = prepare_model("tiny", tiny_spec(tokenizer_dir, architecture, variant), tmp_path)
     return load_model(manifest, "cpu", torch.float32), load_tokenizer(manifest)
+
+
+def judge_of(models):
+    """The first instruct model judges (the first model when there is none)."""
+    return next((name for name, m in models.items() if m["variant"] == "instruct"), next(iter(models)))
 
 
 def write_study(directory, models, **overrides):
@@ -92,6 +97,7 @@ def write_study(directory, models, **overrides):
         "trace": {"layer_fractions": [0.0, 0.5, 1.0], "batch_size": 4},
         "jobs": {"granularity": "model"},
         "coding": {"lexicon": "lexicon.yaml"},
+        "judge": {"model": judge_of(models), "rubric": str(REPO / "resources/judge/rubric.yaml"), "batch_size": 8},
         "statistics": {"bootstrap_resamples": 1000},
     }
     for key, value in overrides.items():

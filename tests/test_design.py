@@ -55,10 +55,11 @@ def test_seed_study_config_reproduces_the_original_design(prompts):
 def test_validation_fills_defaults_and_names_bad_keys():
     config = {"models": {"m": {"family": "f", "size_b": 1, "variant": "base",
                                "source": {"kind": "local", "path": "x"}}},
-              "prompts": {}, "generation": {"reps": 1, "max_new_tokens": 2}}
+              "prompts": {}, "generation": {"reps": 1, "max_new_tokens": 2}, "judge": {"model": "m"}}
     validate(config, CONFIG_SCHEMA, "config")
     assert config["generation"]["seed"] == 42 and config["models"]["m"]["trust_remote_code"] is False
     assert config["jobs"]["granularity"] == "model" and config["prompts"]["dir"] == "resources/prompts"
+    assert config["judge"]["rubric"] == "resources/judge/rubric.yaml"
     bad = copy.deepcopy(config)
     bad["models"]["m"]["source"]["extra"] = 1
     with pytest.raises(InputError, match=r"key 'models.m.source': Additional properties are not allowed \('extra'"):

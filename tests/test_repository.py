@@ -55,6 +55,7 @@ def test_slurm_profile_requests_gpus_for_model_rules_only(tmp_path):
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--workflow-profile", str(REPO / "profiles/slurm"), "--configfile", str(REPO / "config/seed_study.yaml"),
          "--config", f"prompts={{dir: {REPO / 'resources/prompts'}}}", f"coding={{lexicon: {REPO / 'resources/lexicons/coding.yaml'}}}",
+         f"judge={{rubric: {REPO / 'resources/judge/rubric.yaml'}}}",
          "--dry-run"],
         capture_output=True, text=True, timeout=300,
     )
@@ -64,7 +65,7 @@ def test_slurm_profile_requests_gpus_for_model_rules_only(tmp_path):
     by_rule = {}
     for rule, resources in jobs:
         by_rule.setdefault(rule, set()).add(resources)
-    for rule in ("generate", "trace"):
+    for rule in ("generate", "trace", "judge"):
         assert all("gpu=1" in r and "slurm_partition=SET-ME-gpu-partition" in r for r in by_rule[rule]), rule
     assert all("gpu" not in r for r in by_rule["prepare_model"])
     profile = read_yaml(REPO / "profiles/slurm/config.yaml")

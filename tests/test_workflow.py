@@ -86,7 +86,7 @@ def test_rerun_does_nothing(per_model_study):
     assert planned(result) == [] and "Nothing to be done" in result.stdout
 
 
-def test_statistics_run_on_the_coded_completions(per_model_study):
+def test_statistics_run_on_the_coded_and_judged_completions(per_model_study):
     coded = pd.read_csv(per_model_study / "results/coding/keyword/tiny-instruct.csv")
     assert len(coded) == 4 * 2 and set(coded["self_reference"]) <= {0, 1, 2, 3}
     content = pd.read_csv(per_model_study / "results/statistics/content_statistics.csv")
@@ -97,12 +97,18 @@ def test_statistics_run_on_the_coded_completions(per_model_study):
     entropy = pd.read_csv(per_model_study / "results/statistics/entropy_statistics_enhanced.csv")
     described = entropy[(entropy["comparison"] == "descriptive") & (entropy["dimension"] == "first_token_entropy_t1")]
     assert len(described) == 2 * 4 and set(described["n_a"]) == {1}  # 2 models x 4 prompt types, 1 prompt each
+    judged = pd.read_csv(per_model_study / "results/judge/tiny-base.csv")
+    assert len(judged) == 8 and judged["judge_self_reference"].between(0, 3).all()
+    assert set(judged["judge_model"]) == {"tiny-instruct"}
+    agreement = json.loads((per_model_study / "results/statistics/agreement_statistics.json").read_text())
+    assert agreement["dimensions"]["hedging"]["all_models"]["n"] == 16
 
 
 def test_changing_the_lexicon_reruns_coding_and_what_follows_only(per_model_study):
     lexicon = per_model_study / "lexicon.yaml"
     lexicon.write_text(lexicon.read_text().replace("description:", "description: (edited)", 1))
-    assert planned_rules(snakemake(per_model_study, "--dry-run")) == ["code_keywords", "code_keywords", "content_statistics"]
+    assert planned_rules(snakemake(per_model_study, "--dry-run")) == [
+        "agreement_statistics", "code_keywords", "code_keywords", "content_statistics"]
     snakemake(per_model_study)
 
 
@@ -142,15 +148,16 @@ def test_editing_one_prompt_reruns_only_its_jobs(per_prompt_study):
     jobs = planned(snakemake(per_prompt_study, "--dry-run"))
     models = ("tiny-base", "tiny-instruct")
     model_jobs = [(rule, f"model={m}, prompt=self_reference_01") for rule in ("generate", "trace") for m in models]
-    analysis = [("code_keywords", f"model={m}") for m in models] + [("content_statistics", ""), ("entropy_statistics", "")]
+    analysis = [(rule, f"model={m}") for rule in ("code_keywords", "judge") for m in models] + [
+        ("content_statistics", ""), ("entropy_statistics", ""), ("agreement_statistics", "")]
     assert sorted(jobs) == sorted(model_jobs + analysis)
 
 
 def test_editing_one_prompt_reruns_its_model_jobs_at_model_granularity(per_model_study):
     edit_prompt(per_model_study, "self_reference_01")
     assert planned_rules(snakemake(per_model_study, "--dry-run")) == [
-        "code_keywords", "code_keywords", "content_statistics", "entropy_statistics", "generate", "generate",
-        "trace", "trace"]
+        "agreement_statistics", "code_keywords", "code_keywords", "content_statistics", "entropy_statistics",
+        "generate", "generate", "judge", "judge", "trace", "trace"]
     snakemake(per_model_study)
 
 
@@ -159,7 +166,8 @@ def test_seed_study_dry_run_plans_every_output_without_loading_models(granularit
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--configfile", str(REPO / "config/seed_study.yaml"), "--dry-run",
-         "--config", f"jobs={{granularity: {granularity}}}", f"prompts={{dir: {REPO / 'resources/prompts'}}}", f"coding={{lexicon: {REPO / 'resources/lexicons/coding.yaml'}}}"],
+         "--config", f"jobs={{granularity: {granularity}}}", f"prompts={{dir: {REPO / 'resources/prompts'}}}", f"coding={{lexicon: {REPO / 'resources/lexicons/coding.yaml'}}}",
+         f"judge={{rubric: {REPO / 'resources/judge/rubric.yaml'}}}"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -182,6 +190,7 @@ def test_seed_study_dry_run_plans_every_output_without_loading_models(granularit
         ({"models": {"bad": {"family": "f", "size_b": 1, "variant": "base", "source": {"kind": "hf"}}}},
          "key 'models.bad.source': 'id' is a required property"),
         ({"jobs": {"granularity": "rep"}}, "key 'jobs.granularity'"),
+        ({"judge": {"model": "nobody"}}, "config key 'judge.model': 'nobody' is not one of the models"),
     ],
 )
 def test_invalid_config_fails_before_any_job_naming_the_key(change, message, tokenizer_dir, tmp_path):

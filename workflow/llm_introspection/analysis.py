@@ -1,4 +1,5 @@
-"""The work of the analysis rules, free of Snakemake: keyword coding, content and entropy statistics.
+"""The work of the analysis rules, free of Snakemake: keyword coding, content, entropy and
+agreement statistics.
 
 No torch here: these rules run in the analysis environment.
 """
@@ -10,39 +11,15 @@ import numpy as np
 import pandas as pd
 
 from .coding import code_table, load_lexicon
-from .statistics import bootstrap_ci, content_statistics, mixed_effects, scaling
-from .storage import atomic_path, read_json, versions, write_json
+from .records import completion_rows, design_columns, write_csv
+from .statistics import agreement, bootstrap_ci, content_statistics, mixed_effects, scaling
+from .storage import versions, write_json
 
 DIMENSIONS = ("self_reference", "meta_cognition", "hedging")
-DESIGN_COLUMNS = ("model", "family", "size_b", "variant", "prompt_id", "prompt_type", "rep", "seed")
 # The first token's distribution depends on the prompt alone (every rep shares it), so its
 # entropies count once per (model, prompt); the mean entropies once per completion.
 FIRST_TOKEN_MEASURES = ("first_token_entropy_t1", "first_token_entropy_sampling")
 COMPLETION_MEASURES = ("mean_entropy_t1", "mean_entropy_sampling")
-
-
-def _design(model, prompt):
-    """The design columns a model record and a prompt record give every completion."""
-    return {
-        "model": model["name"], "family": model["family"], "size_b": model["size_b"],
-        "variant": model["variant"], "prompt_id": prompt["id"], "prompt_type": prompt["type"],
-    }
-
-
-def completion_rows(generation_paths):
-    """One record per completion of the given generation files: the design columns and its text."""
-    rows = []
-    for path in generation_paths:
-        generation = read_json(path)
-        design = _design(generation["model"], generation["prompt"])
-        for rep in generation["reps"]:
-            rows.append(design | {"rep": rep["rep"], "seed": rep["seed"], "text": rep["text"]})
-    return rows
-
-
-def write_csv(path, table):
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
 
 
 def run_keyword_coding(generation_paths, lexicon_path, schema_path, output_path):
@@ -86,7 +63,7 @@ def entropy_tables(entropy_paths):
     completions, positions = [], []
     for path in entropy_paths:
         with h5py.File(path, "r") as h5:
-            design = _design(json.loads(h5.attrs["model"]), json.loads(h5.attrs["prompt"]))
+            design = design_columns(json.loads(h5.attrs["model"]), json.loads(h5.attrs["prompt"]))
             seeds, lengths = h5["seeds"][:], h5["n_tokens"][:]
             t1, sampling = h5["entropy_t1"][:], h5["entropy_sampling"][:]
         for rep, (seed, length) in enumerate(zip(seeds, lengths)):
@@ -130,3 +107,21 @@ def run_entropy_statistics(entropy_paths, outputs, settings):
                [["entropy_t1", "entropy_sampling"]].agg(["mean", "count"]))
     profile.columns = [f"{measure}_{stat}" for measure, stat in profile.columns]
     write_csv(outputs["profiles"], profile.reset_index())
+
+
+def run_agreement_statistics(coding_paths, judge_paths, output_path):
+    """Keyword coder vs LLM judge (its argmax level) per shared dimension, over all models and per model."""
+    keys = ["model", "prompt_id", "rep"]
+    coded = pd.concat([pd.read_csv(p) for p in coding_paths], ignore_index=True)
+    judged = pd.concat([pd.read_csv(p) for p in judge_paths], ignore_index=True)
+    both = coded.merge(judged, on=keys, suffixes=("", "_judge"), validate="one_to_one")
+    result = {"judge": sorted(judged["judge_model"].unique()), "rubric_sha256": sorted(judged["rubric_sha256"].unique()),
+              "lexicon_sha256": sorted(coded["lexicon_sha256"].unique()), "versions": versions(), "dimensions": {}}
+    for dimension in DIMENSIONS:
+        pairs = both[[dimension, f"judge_{dimension}_argmax", "model"]].dropna()
+        result["dimensions"][dimension] = {
+            "all_models": agreement(pairs[dimension], pairs[f"judge_{dimension}_argmax"]),
+            "per_model": {m: agreement(g[dimension], g[f"judge_{dimension}_argmax"])
+                          for m, g in pairs.groupby("model", sort=True)},
+        }
+    write_json(output_path, result)

@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from transformers.utils import logging as transformers_logging
 
 from .models import load_model, load_tokenizer, prepare_model, resolve_device, resolve_dtype
+from .judge import load_rubric, score_completions
 from .prompts import load_prompt, render_prompt, uses_chat_template
+from .records import completion_rows, write_csv
 from .sampling import STAT_NAMES, SamplingParams, eos_token_ids, sample_completions
 from .storage import atomic_h5, read_json, set_attrs, versions, write_json
 from .tracing import hidden_state_indices, trace_prompts
@@ -178,6 +181,29 @@ def _write_activations(path, generation, record, indices, fractions, prompt_stat
             set_attrs(group, {"rep": rep["rep"], "seed": rep["seed"], "stop_reason": rep["stop_reason"]})
             group.create_dataset("hidden_states", data=states.astype(storage))
             group.create_dataset("token_ids", data=np.array(rep["token_ids"], dtype=np.int64))
+
+
+def run_judge(manifest_path, generation_paths, prompt_paths, rubric_paths, output_path, settings, threads):
+    """Rate every completion of one model with the judge model: one row per completion, per
+    dimension the option probabilities' expected level, argmax and option mass."""
+    judge_settings = settings["judge"]
+    model, manifest, record, _ = open_model(manifest_path, settings["runtime"], threads)
+    tokenizer = load_tokenizer(manifest)
+    rubric = load_rubric(*rubric_paths)
+    requests = {p.id: p.instruct for p in (load_prompt(path) for path in prompt_paths)}
+    rows = completion_rows(generation_paths)
+    started = time.perf_counter()
+    scores = score_completions(
+        model, tokenizer, [(requests[r["prompt_id"]], r["text"]) for r in rows], rubric,
+        judge_settings["max_completion_tokens"], judge_settings["batch_size"],
+    )
+    log(f"judged {len(rows)} completions x {len(rubric.dimensions)} dimensions in {time.perf_counter() - started:.1f} s")
+    wide = scores.pivot(index="item", columns="dimension", values=["expected", "argmax", "option_mass"])
+    wide.columns = [f"judge_{dimension}" + ("" if value == "expected" else f"_{value}") for value, dimension in wide.columns]
+    table = pd.DataFrame(rows).drop(columns="text").join(wide.sort_index().reset_index(drop=True))
+    table["judge_truncated"] = scores.groupby("item", sort=True)["truncated"].any().to_numpy()
+    table["judge_model"], table["judge_revision"], table["rubric_sha256"] = record["name"], record["revision"], rubric.sha256
+    write_csv(output_path, table)
 
 
 def run_prepare(name, spec, manifest_path):

@@ -1,0 +1,42 @@
+rule judge:
+    input:
+        manifest=get_judge_manifest,
+        generations=get_model_generations,
+        prompts=expand(
+            "{directory}/{prompt}.yaml",
+            directory=config["prompts"]["dir"],
+            prompt=PROMPT_IDS,
+        ),
+        rubric=config["judge"]["rubric"],
+    output:
+        "results/judge/{model}.csv",
+    log:
+        "results/logs/judge/{model}.log",
+    benchmark:
+        "results/benchmarks/judge/{model}.tsv"
+    conda:
+        "../envs/model.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        rubric_schema=RUBRIC_SCHEMA,
+        judge=config["judge"],
+        runtime=get_judge_runtime,
+    script:
+        "../workflow/scripts/judge.py"
+
+
+rule agreement_statistics:
+    input:
+        coding=expand("results/coding/keyword/{model}.csv", model=MODELS),
+        judge=expand("results/judge/{model}.csv", model=MODELS),
+    output:
+        "results/statistics/agreement_statistics.json",
+    log:
+        "results/logs/agreement_statistics.log",
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    script:
+        "../workflow/scripts/agreement_statistics.py"

@@ -1,0 +1,13 @@
+import sys
+from pathlib import Path
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
+
+from llm_introspection.analysis import run_agreement_statistics
+
+run_agreement_statistics(
+    coding_paths=snakemake.input.coding,
+    judge_paths=snakemake.input.judge,
+    output_path=snakemake.output[0],
+)

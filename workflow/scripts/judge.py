@@ -1,0 +1,17 @@
+import sys
+from pathlib import Path
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
+
+from llm_introspection.jobs import run_judge
+
+run_judge(
+    manifest_path=snakemake.input.manifest,
+    generation_paths=snakemake.input.generations,
+    prompt_paths=snakemake.input.prompts,
+    rubric_paths=(snakemake.input.rubric, snakemake.params.rubric_schema),
+    output_path=snakemake.output[0],
+    settings={"judge": snakemake.params.judge, "runtime": snakemake.params.runtime},
+    threads=snakemake.threads,
+)
