@@ -17,6 +17,7 @@ include: "rules/coding.smk"
 include: "rules/statistics.smk"
 include: "rules/entropy.smk"
 include: "rules/judge.smk"
+include: "rules/probes.smk"
 
 
 localrules:

@@ -115,4 +115,5 @@ def get_study_outputs():
         "results/statistics/entropy_statistics_enhanced.csv",
         "results/statistics/entropy_profiles.csv",
         "results/statistics/agreement_statistics.json",
+        "results/statistics/probing_statistics.json",
     ]

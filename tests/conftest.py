@@ -16,12 +16,12 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 TINY_LLAMA = {
     "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
     "tie_word_embeddings": True,
 }
 TINY_GEMMA3 = {
     "model_type": "gemma3_text", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 512,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 2048,
     "sliding_window": 16, "final_logit_softcapping": 30.0,
 }
 
@@ -99,6 +99,7 @@ def write_study(directory, models, **overrides):
         "coding": {"lexicon": "lexicon.yaml"},
         "judge": {"model": judge_of(models), "rubric": str(REPO / "resources/judge/rubric.yaml"), "batch_size": 8},
         "statistics": {"bootstrap_resamples": 1000},
+        "probing": {"n_permutations": 5},
     }
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value

@@ -226,9 +226,10 @@ def test_batch_size_does_not_change_the_scores(tiny, rubric):
 
 
 def test_a_prompt_longer_than_the_judge_context_is_an_error(tiny, rubric):
-    model, tokenizer = tiny  # context of 512 positions
+    model, tokenizer = tiny
+    context = model.config.max_position_embeddings
     with pytest.raises(InputError, match="lower max_completion_tokens"):
-        score_completions(model, tokenizer, [("p", LONG_TEXT)], rubric, max_completion_tokens=512)
+        score_completions(model, tokenizer, [("p", LONG_TEXT)], rubric, max_completion_tokens=context)
 
 
 def test_no_items_give_an_empty_table(tiny, rubric):

@@ -102,18 +102,24 @@ def test_statistics_run_on_the_coded_and_judged_completions(per_model_study):
     assert set(judged["judge_model"]) == {"tiny-instruct"}
     agreement = json.loads((per_model_study / "results/statistics/agreement_statistics.json").read_text())
     assert agreement["dimensions"]["hedging"]["all_models"]["n"] == 16
+    probes = pd.read_csv(per_model_study / "results/probing/probes.csv")
+    assert set(probes["task"]) == {"base_vs_instruct", "prompt_type", "self_reference_content"}
+    # no family has both variants, but the two tiny models share a hidden size: only that subset exists
+    assert set(probes.loc[probes["task"] == "base_vs_instruct", "subset"]) == {"hidden_size=32"}
+    summary = json.loads((per_model_study / "results/statistics/probing_statistics.json").read_text())
+    assert "grouped by prompt_id" in summary["folds"]
 
 
 def test_changing_the_lexicon_reruns_coding_and_what_follows_only(per_model_study):
     lexicon = per_model_study / "lexicon.yaml"
     lexicon.write_text(lexicon.read_text().replace("description:", "description: (edited)", 1))
     assert planned_rules(snakemake(per_model_study, "--dry-run")) == [
-        "agreement_statistics", "code_keywords", "code_keywords", "content_statistics"]
+        "agreement_statistics", "code_keywords", "code_keywords", "content_statistics", "probes"]
     snakemake(per_model_study)
 
 
-def test_forcerun_trace_reruns_only_tracing(per_model_study):
-    assert planned_rules(snakemake(per_model_study, "--dry-run", "-R", "trace")) == ["trace", "trace"]
+def test_forcerun_trace_reruns_tracing_and_only_what_follows_it(per_model_study):
+    assert planned_rules(snakemake(per_model_study, "--dry-run", "-R", "trace")) == ["probes", "trace", "trace"]
 
 
 def test_rerun_reproduces_generations_bit_for_bit(per_model_study):
@@ -149,7 +155,7 @@ def test_editing_one_prompt_reruns_only_its_jobs(per_prompt_study):
     models = ("tiny-base", "tiny-instruct")
     model_jobs = [(rule, f"model={m}, prompt=self_reference_01") for rule in ("generate", "trace") for m in models]
     analysis = [(rule, f"model={m}") for rule in ("code_keywords", "judge") for m in models] + [
-        ("content_statistics", ""), ("entropy_statistics", ""), ("agreement_statistics", "")]
+        ("content_statistics", ""), ("entropy_statistics", ""), ("agreement_statistics", ""), ("probes", "")]
     assert sorted(jobs) == sorted(model_jobs + analysis)
 
 
@@ -157,7 +163,7 @@ def test_editing_one_prompt_reruns_its_model_jobs_at_model_granularity(per_model
     edit_prompt(per_model_study, "self_reference_01")
     assert planned_rules(snakemake(per_model_study, "--dry-run")) == [
         "agreement_statistics", "code_keywords", "code_keywords", "content_statistics", "entropy_statistics",
-        "generate", "generate", "judge", "judge", "trace", "trace"]
+        "generate", "generate", "judge", "judge", "probes", "trace", "trace"]
     snakemake(per_model_study)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .coding import code_table, load_lexicon
+from .probing import activation_layouts, pooled_activations, probe_tasks
 from .records import completion_rows, design_columns, write_csv
 from .statistics import agreement, bootstrap_ci, content_statistics, mixed_effects, scaling
 from .storage import versions, write_json
@@ -125,3 +126,35 @@ def run_agreement_statistics(coding_paths, judge_paths, output_path):
                           for m, g in pairs.groupby("model", sort=True)},
         }
     write_json(output_path, result)
+
+
+def content_labels(coding_paths, judge_paths):
+    """Per completion: the keyword self-reference level and the judge's introspective-depth argmax."""
+    keys = ["model", "prompt_id", "rep"]
+    coded = pd.concat([pd.read_csv(p) for p in coding_paths], ignore_index=True)
+    judged = pd.concat([pd.read_csv(p) for p in judge_paths], ignore_index=True)
+    labels = coded[keys + ["self_reference"]].rename(columns={"self_reference": "keyword_self_reference"})
+    depth = judged[keys + ["judge_introspective_depth_argmax"]].rename(
+        columns={"judge_introspective_depth_argmax": "judge_introspective_depth"})
+    return labels.merge(depth, on=keys, how="outer", validate="one_to_one")
+
+
+def run_probes(activation_paths, coding_paths, judge_paths, outputs, settings):
+    """Linear probes at every dumped layer, per group of models sharing one activation layout:
+    probes.csv (one row per task, subset and layer) and probing_statistics.json (its summary)."""
+    labels = content_labels(coding_paths, judge_paths)
+    options = {"n_splits": settings["n_splits"], "n_permutations": settings["n_permutations"], "seed": settings["seed"]}
+    tables = []
+    for layout, paths in activation_layouts(activation_paths).items():
+        features, meta = pooled_activations(paths)
+        tables.append(probe_tasks(features, meta, labels, **options).assign(hidden_size=layout[0], n_layers=layout[1]))
+    table = pd.concat(tables, ignore_index=True)
+    write_csv(outputs["table"], table)
+    estimable = table[table["estimable"].astype(bool)]
+    best = estimable.loc[estimable.groupby(["task", "subset"])["accuracy"].idxmax()] if len(estimable) else estimable
+    write_json(outputs["statistics"], {
+        "settings": settings, "pooling": "mean over the completion's positions", "versions": versions(),
+        "folds": "grouped by prompt_id: the reps of one prompt never sit on both sides of a split",
+        "best_layer_per_task": _records(best),
+        "not_estimable": _records(table[~table["estimable"].astype(bool)][["task", "subset", "reason"]].drop_duplicates()),
+    })

@@ -1,0 +1,19 @@
+rule probes:
+    input:
+        activations=expand(
+            "results/activations/{model}/{prompt}.h5", model=MODELS, prompt=PROMPT_IDS
+        ),
+        coding=expand("results/coding/keyword/{model}.csv", model=MODELS),
+        judge=expand("results/judge/{model}.csv", model=MODELS),
+    output:
+        table="results/probing/probes.csv",
+        statistics="results/statistics/probing_statistics.json",
+    log:
+        "results/logs/probes.log",
+    conda:
+        "../envs/analysis.yaml"
+    threads: 2
+    params:
+        probing=config["probing"],
+    script:
+        "../workflow/scripts/probes.py"

@@ -1,0 +1,15 @@
+import sys
+from pathlib import Path
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
+
+from llm_introspection.analysis import run_probes
+
+run_probes(
+    activation_paths=snakemake.input.activations,
+    coding_paths=snakemake.input.coding,
+    judge_paths=snakemake.input.judge,
+    outputs=dict(snakemake.output.items()),
+    settings=snakemake.params.probing,
+)
