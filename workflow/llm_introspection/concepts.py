@@ -1,0 +1,232 @@
+"""Concept vectors: residual-stream directions that stand for a concept, and their random controls.
+
+- Mean subtraction (Lindsey 2025): the last-token activation of the request "Tell me about
+  {word}" (rendered as the model sees a request: through its chat template for instruct models
+  in their native frame, see prompts.render_prompt) minus the mean over the baseline words.
+- Contrastive pairs: the mean activation over the tokens of a specific sentence minus that of
+  its generic counterpart, both as plain text, position 0 (the attention sink) excluded. The mean
+  rather than the last token: the concept is spread over the sentence's words, the two sentences
+  end alike ("...before the concert." / "...before the event."), and a sentence is steered on
+  all of its tokens (localization).
+- Random control: Gaussian directions with the norms of given vectors, from a seed.
+
+Activations are read at hidden-state indices (tracing's convention) from a decoder-only pass;
+steering hooks active around these calls act on them. Vectors of one (model, layer) are stored
+in one HDF5 file with their provenance.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from .config import read_yaml, validate
+from .errors import InputError
+from .prompts import Prompt, render_prompt
+from .sampling import left_pad
+from .storage import atomic_h5, set_attrs, versions
+from .tracing import capture_residual
+
+METHODS = ("mean_subtraction", "contrastive", "random")
+# Any id: padded positions are masked out of attention and cut from every result.
+_PAD_ID = 0
+
+
+# --- resources ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConceptWords:
+    concepts: tuple
+    baseline: tuple
+    template: str  # "{word}" is replaced by the word in lower case
+
+
+@dataclass(frozen=True)
+class ContrastivePair:
+    id: str
+    specific: str
+    generic: str
+
+
+def _check_unique(items, what, path):
+    seen = set()
+    for item in items:
+        if item.casefold() in seen:
+            raise InputError(f"{path}: {what} holds {item!r} twice (case-insensitively)")
+        seen.add(item.casefold())
+
+
+def load_concept_words(path, schema_path):
+    """The concept words and the baseline words (disjoint, case-insensitively) and the request template."""
+    data = validate(read_yaml(path), schema_path, f"concept file {path}")
+    _check_unique(data["concepts"], "key 'concepts'", path)
+    _check_unique(data["baseline_words"], "key 'baseline_words'", path)
+    _check_unique(data["concepts"] + data["baseline_words"], "keys 'concepts' and 'baseline_words' together", path)
+    return ConceptWords(tuple(data["concepts"]), tuple(data["baseline_words"]), data["template"])
+
+
+def load_contrastive_pairs(path, schema_path):
+    """The specific/generic sentence pairs, in file order (unique ids)."""
+    data = validate(read_yaml(path), schema_path, f"contrastive pair file {path}")
+    _check_unique([pair["id"] for pair in data["pairs"]], "key 'pairs' (ids)", path)
+    return tuple(ContrastivePair(**pair) for pair in data["pairs"])
+
+
+def load_neutral_sentences(path, schema_path):
+    """The pool of neutral sentences, in file order (unique)."""
+    data = validate(read_yaml(path), schema_path, f"sentence file {path}")
+    _check_unique(data["sentences"], "key 'sentences'", path)
+    return tuple(data["sentences"])
+
+
+def concept_prompt_ids(words, template, tokenizer, variant, frame, model_name):
+    """Token ids of the request `template` for each word, rendered for this model."""
+    ids = []
+    for word in words:
+        text = template.format(word=word.lower())
+        request = Prompt(id=word, type="concept", instruct=text, base=text)
+        ids.append(render_prompt(request, tokenizer, variant, frame, model_name)[1])
+    return ids
+
+
+def sentence_ids(sentences, tokenizer):
+    """Token ids of sentences as plain text (with the special tokens the tokenizer adds)."""
+    return [list(tokenizer(sentence)["input_ids"]) for sentence in sentences]
+
+
+# --- activations --------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def _residual_batches(model, indices, prompts, batch_size):
+    """Per batch of prompts: residual states (batch, len(indices), seq, d) float32, left-padded, and
+    a (batch, seq) mask of the real tokens other than the attention sink (position 0)."""
+    decoder = model.get_decoder()
+    for start in range(0, len(prompts), batch_size):
+        ids, mask, positions = left_pad(prompts[start : start + batch_size], _PAD_ID, model.device)
+        with capture_residual(model, indices) as captured:
+            decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        yield torch.stack([captured[i] for i in indices], dim=1).float(), mask.bool() & (positions > 0)
+
+
+def last_token_activations(model, indices, prompts, batch_size):
+    """(len(prompts), len(indices), d) float64: the residual stream at each prompt's last token."""
+    rows = [states[:, :, -1].cpu() for states, _ in _residual_batches(model, indices, prompts, batch_size)]
+    return torch.cat(rows).double().numpy()
+
+
+def mean_token_activations(model, indices, prompts, batch_size):
+    """(len(prompts), len(indices), d) float64: the residual stream averaged over each prompt's
+    tokens, position 0 (the attention sink) excluded."""
+    if any(len(p) < 2 for p in prompts):
+        raise InputError("mean token activations need prompts of at least 2 tokens (position 0 is left out)")
+    rows = []
+    for states, kept in _residual_batches(model, indices, prompts, batch_size):
+        weights = kept[:, None, :, None].float()
+        rows.append(((states * weights).sum(2) / weights.sum(2)).cpu())
+    return torch.cat(rows).double().numpy()
+
+
+def mean_residual_norm(model, index, prompts, batch_size):
+    """The mean L2 norm of hidden state `index` over all tokens of the prompts, each prompt's
+    position 0 (the attention sink, norm far above the rest) excluded."""
+    total, count = 0.0, 0
+    for states, kept in _residual_batches(model, [index], prompts, batch_size):
+        norms = states[:, 0].double().norm(dim=-1)
+        total += float(norms[kept].sum())
+        count += int(kept.sum())
+    if count == 0:
+        raise InputError("mean residual norm: the prompts have no token after position 0")
+    return total / count
+
+
+def mean_subtraction_vectors(model, indices, concept_prompts, baseline_prompts, batch_size):
+    """(n_concepts, len(indices), d): last-token activation of each concept prompt minus the mean
+    over the baseline prompts."""
+    concepts = last_token_activations(model, indices, concept_prompts, batch_size)
+    baseline = last_token_activations(model, indices, baseline_prompts, batch_size)
+    return (concepts - baseline.mean(axis=0)).astype(np.float32)
+
+
+def contrastive_vectors(model, indices, specific_prompts, generic_prompts, batch_size):
+    """(n_pairs, len(indices), d): token-mean activation of each specific sentence minus that of
+    its generic sentence."""
+    specific = mean_token_activations(model, indices, specific_prompts, batch_size)
+    generic = mean_token_activations(model, indices, generic_prompts, batch_size)
+    return (specific - generic).astype(np.float32)
+
+
+def matched_random_vectors(vectors, seed):
+    """Gaussian random directions of the same shape as `vectors`, each scaled to the norm of its
+    counterpart (norms along the last axis); the same seed gives the same vectors."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    directions = np.random.default_rng(seed).standard_normal(vectors.shape)
+    scale = np.linalg.norm(vectors, axis=-1, keepdims=True) / np.linalg.norm(directions, axis=-1, keepdims=True)
+    return (directions * scale).astype(np.float32)
+
+
+# --- files --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VectorSet:
+    """Vectors of one (model, layer), one row per name, with the provenance they were saved with."""
+
+    names: tuple
+    vectors: np.ndarray  # (len(names), d) float32
+    attrs: dict
+
+    def vector(self, name):
+        return self.vectors[self.names.index(name)]
+
+
+def save_vectors(path, vectors, names, *, model, layer, method, seed=None, **provenance):
+    """Write vectors (len(names), d) of one model and hidden-state index `layer` to an HDF5 file,
+    atomically, with model, layer, method, names, seed, the given provenance and package versions."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {METHODS}")
+    if vectors.ndim != 2 or vectors.shape[0] != len(names):
+        raise ValueError(f"vectors of shape {vectors.shape} do not give one row per name ({len(names)})")
+    with atomic_h5(path) as h5:
+        set_attrs(h5, {
+            **provenance, "model": model, "layer": layer, "method": method, "names": list(names),
+            "seed": seed, "versions": versions(),
+        })
+        h5.attrs["description"] = (
+            "Concept vectors of one model at hidden-state index `layer` (0 = embedding output, h = "
+            "output of block h-1): dataset vectors (n, d) float32, row i for names[i]. Methods: "
+            "mean_subtraction = last-token activation of the request minus the baseline words' mean; "
+            "contrastive = token-mean activation (position 0 excluded) of the specific sentence minus "
+            "the generic one; random = Gaussian directions with matched norms, from `seed`."
+        )
+        h5.create_dataset("vectors", data=vectors)
+
+
+def _decoded(value):
+    """An attribute as set_attrs was given it: JSON-encoded lists, dicts and None decoded."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        return decoded if decoded is None or isinstance(decoded, (list, dict)) else value
+    return value
+
+
+def load_vectors(path):
+    """Read a file written by save_vectors."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as h5:
+            attrs = {key: _decoded(value) for key, value in h5.attrs.items()}
+            vectors = h5["vectors"][()] if "vectors" in h5 else None
+    except OSError as error:
+        raise InputError(f"{path}: not a readable HDF5 file: {error}") from None
+    missing = [key for key in ("model", "layer", "method", "names") if key not in attrs]
+    if vectors is None or missing:
+        raise InputError(f"{path}: not a concept vector file (missing {missing or 'dataset vectors'})")
+    return VectorSet(tuple(attrs["names"]), vectors, attrs)
