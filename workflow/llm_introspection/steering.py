@@ -139,3 +139,13 @@ def relative_strength(fraction, vector, mean_norm):
     """The absolute strength at which strength × vector has norm fraction × mean_norm (a layer's
     mean residual norm, from concepts.mean_residual_norm)."""
     return fraction * mean_norm / float(np.linalg.norm(np.asarray(vector, dtype=np.float64)))
+
+
+def token_span(offsets, start, end):
+    """The token positions [first, last + 1) whose characters overlap text[start:end], from a
+    tokenizer's offset mapping of that text (special tokens have empty offsets and never count).
+    Turns a sentence found in a rendered prompt into the Positions.span that steers it."""
+    covering = [i for i, (a, b) in enumerate(offsets) if a < b and a < end and b > start]
+    if not covering:
+        raise ValueError(f"no token covers characters {start}..{end} of the text")
+    return covering[0], covering[-1] + 1

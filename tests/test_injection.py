@@ -1,0 +1,446 @@
+"""Concept injection experiments: resources, prompts, steered readouts and sampling, records, grading."""
+
+import copy
+import math
+import re
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, load_tiny, smollm2_gguf_path
+from llm_introspection import injection
+from llm_introspection.concepts import (
+    concept_prompt_ids, load_neutral_sentences, matched_random_vectors, mean_residual_norm, mean_subtraction_vectors,
+    save_vectors, sentence_ids,
+)
+from llm_introspection.errors import InputError
+from llm_introspection.injection import (
+    CRITERIA, Trial, answer_start, detection_prompt, first_token_ids, grade_responses, load_detection_texts,
+    load_grading_rubric, load_localization_texts, localization_prompt, open_cell, option_answers, read_options,
+    read_records, run_detection_logits, run_detection_responses, run_forced_identification, run_localization,
+    write_records,
+)
+from llm_introspection.sampling import SamplingParams, eos_token_ids, sample_completions
+from llm_introspection.steering import Positions, steer, token_span
+from llm_introspection.tracing import decoder_layers
+
+DETECTION = REPO / "resources/injection/detection.yaml"
+LOCALIZATION = REPO / "resources/injection/localization.yaml"
+RUBRIC = REPO / "resources/injection/grading_rubric.yaml"
+DETECTION_SCHEMA = REPO / "config/schema/injection_detection.schema.yaml"
+LOCALIZATION_SCHEMA = REPO / "config/schema/injection_localization.schema.yaml"
+RUBRIC_SCHEMA = REPO / "config/schema/injection_grading_rubric.schema.yaml"
+SENTENCES = load_neutral_sentences(REPO / "resources/concepts/neutral_sentences.yaml",
+                                   REPO / "config/schema/concepts_neutral_sentences.schema.yaml")
+ARCHITECTURES = {"llama": TINY_LLAMA, "gemma3": TINY_GEMMA3}
+CELL_COLUMNS = {"experiment", "model", "layer", "vector_method", "strength_relative", "mean_norm"}
+TRIAL_COLUMNS = {"kind", "concept", "question", "strength_absolute", "prediction", "correct"}
+
+
+@pytest.fixture(scope="module")
+def det():
+    return load_detection_texts(DETECTION, DETECTION_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def loc():
+    return load_localization_texts(LOCALIZATION, LOCALIZATION_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def rubric():
+    return load_grading_rubric(RUBRIC, RUBRIC_SCHEMA)
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES, ids=list(ARCHITECTURES))
+def tiny(request, tokenizer_dir, tmp_path_factory):
+    return load_tiny(tokenizer_dir, ARCHITECTURES[request.param], tmp_path_factory.mktemp(request.param), "instruct")
+
+
+@pytest.fixture(scope="module")
+def llama(tokenizer_dir, tmp_path_factory):
+    return load_tiny(tokenizer_dir, TINY_LLAMA, tmp_path_factory.mktemp("llama"), "instruct")
+
+
+def vector_file(path, names, vectors, layer, model="tiny"):
+    save_vectors(path, np.asarray(vectors, dtype=np.float32), names, model=model, layer=layer, method="mean_subtraction")
+    return path
+
+
+def random_cell(model, tokenizer, tmp_path, names=("Dust", "Snow", "Bread"), layer=2, strength=4.0, seed=0):
+    vectors = np.random.default_rng(seed).standard_normal((len(names), model.config.hidden_size))
+    path = vector_file(tmp_path / f"vectors_{layer}.h5", names, vectors, layer)
+    norm = mean_residual_norm(model, layer, sentence_ids(SENTENCES[:4], tokenizer), batch_size=4)
+    return open_cell(path, "tiny", True, strength, norm)
+
+
+@contextmanager
+def recording(model, layer):
+    """Per forward call: the input ids, and hidden state `layer` as the next block receives it
+    (after every hook on the layer's own output, steering included)."""
+    calls = []
+
+    def keep_ids(module, args, kwargs):
+        calls.append({"ids": kwargs["input_ids"].clone()})
+
+    def keep_state(module, args, kwargs):
+        calls[-1]["state"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+    handles = [model.get_decoder().register_forward_pre_hook(keep_ids, with_kwargs=True),
+               decoder_layers(model)[layer].register_forward_pre_hook(keep_state, with_kwargs=True)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def token_id(tokenizer, token):
+    (index,) = tokenizer.convert_tokens_to_ids([token])
+    return index
+
+
+# --- resources and prompts ----------------------------------------------------------------------
+
+def test_resources_validate(det, loc, rubric):
+    assert det.question.startswith("Trial 1:") and det.answer.options == ("Yes", "No")
+    assert det.forced_prefill.endswith("The thought is about")
+    assert loc.n_sentences == 5 and loc.introspection == "locate"
+    assert set(loc.questions) == {"locate", "prefer", "abstract", "stands_out"}
+    assert all(q.prefill.endswith("SENTENCE") for q in loc.questions.values())
+    assert tuple(rubric.criteria) == CRITERIA and rubric.options == ("Yes", "No")
+    assert all(len(sha) == 64 for sha in (det.sha256, loc.sha256, rubric.sha256))
+
+
+def edited(tmp_path, source, edit):
+    data = yaml.safe_load(source.read_text())
+    edit(data)
+    path = tmp_path / source.name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("source,schema,load,edit,message", [
+    (LOCALIZATION, LOCALIZATION_SCHEMA, load_localization_texts, lambda d: d.update(n_sentences=12),
+     r"key 'n_sentences': 12 is greater than the maximum of 9"),
+    (LOCALIZATION, LOCALIZATION_SCHEMA, load_localization_texts, lambda d: d.update(template="{sentences} {topic}"),
+     r"key 'template': unknown field \{topic\}, no \{question\}"),
+    (LOCALIZATION, LOCALIZATION_SCHEMA, load_localization_texts, lambda d: d.update(introspection="where"),
+     r"key 'introspection': 'where' is not one of the questions"),
+    (LOCALIZATION, LOCALIZATION_SCHEMA, load_localization_texts, lambda d: d["questions"]["prefer"].pop("prefill"),
+     r"key 'questions.prefer': 'prefill' is a required property"),
+    (DETECTION, DETECTION_SCHEMA, load_detection_texts, lambda d: d["answer"].update(options=["Yes"]),
+     r"key 'answer.options'"),
+    (RUBRIC, RUBRIC_SCHEMA, load_grading_rubric, lambda d: d["criteria"].update(identifies="Is it right?"),
+     r"key 'criteria.identifies': no \{word\}"),
+    (RUBRIC, RUBRIC_SCHEMA, load_grading_rubric, lambda d: d.update(user_template="{criterion}"),
+     r"key 'user_template': no \{response\}"),
+])
+def test_bad_resources_name_the_file_and_key(tmp_path, source, schema, load, edit, message):
+    path = edited(tmp_path, source, edit)
+    with pytest.raises(InputError, match=re.escape(str(path)) + r"(.|\n)*" + message):
+        load(path, schema)
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "transcript"])
+def test_detection_prompt_injects_from_the_question_on(llama, det, chat):
+    _, tokenizer = llama
+    prefill = answer_start(det.answer.prefill, chat)
+    ids, start = detection_prompt(tokenizer, det, chat, prefill)
+    text = tokenizer.decode(ids)
+    assert tokenizer.decode(ids[start:]).lstrip().startswith("Trial 1: Do you detect an injected thought?")
+    assert "Trial" not in tokenizer.decode(ids[:start]) and det.preamble in tokenizer.decode(ids[:start])
+    if chat:
+        assert text.endswith("<|im_start|>assistant\nAnswer:") and text.count("<|im_start|>user") == 2
+    else:
+        assert text.startswith(f"User: {det.preamble}\n\nAssistant: {det.acknowledgement}\n\nUser: {det.opening}")
+        assert text.endswith("\n\nAssistant: Answer:")
+
+
+def test_localization_prompt_spans_cover_each_sentence(llama, loc):
+    _, tokenizer = llama
+    chosen = list(SENTENCES[10:15])
+    ids, spans = localization_prompt(tokenizer, loc, chosen, "prefer", True, loc.questions["prefer"].prefill)
+    assert [tokenizer.decode(ids[a:b]).strip() for a, b in spans] == chosen
+    assert all(b <= c for (_, b), (c, _) in zip(spans, spans[1:]))
+    assert "SENTENCE 3: " + chosen[2] in tokenizer.decode(ids)
+    assert tokenizer.decode(ids).endswith("The sentence I prefer is SENTENCE")
+
+
+def test_token_span_maps_characters_to_tokens():
+    offsets = [(0, 0), (0, 5), (5, 11), (11, 12), (12, 16), (16, 20), (20, 24), (24, 25)]  # "<s>Hello world. The cat sat."
+    assert token_span(offsets, 13, 25) == (4, 8)  # " The" starts at the space before the sentence
+    assert token_span(offsets, 0, 5) == (1, 2)  # the special token's empty offsets never count
+    with pytest.raises(ValueError, match="no token covers"):
+        token_span(offsets, 30, 31)
+
+
+def test_answer_tokens_of_the_real_tokenizer(llama, det, loc):
+    _, tokenizer = llama
+    assert first_token_ids(tokenizer, det.forced_prefill, ["dust", "trumpets", "trump"]) == [
+        token_id(tokenizer, "Ġdust"), token_id(tokenizer, "Ġtrump"), token_id(tokenizer, "Ġtrump")]
+    frame = injection._option_frame(tokenizer, det.answer, chat=True)
+    assert frame.option_ids == (token_id(tokenizer, "ĠYes"), token_id(tokenizer, "ĠNo"))
+    spec = injection.AnswerSpec(loc.path, loc.questions["locate"].prefill, " ", ("1", "2", "3"))
+    frame = injection._option_frame(tokenizer, spec, chat=True)
+    assert frame.prefill.endswith("SENTENCE ") and frame.option_ids == tuple(token_id(tokenizer, d) for d in "123")
+
+
+def test_option_answers_on_hand_built_log_probs():
+    log_probs = np.log([[0.1, 0.2, 0.5], [0.3, 0.3, 0.1]])
+    probs, chosen, mass = option_answers(log_probs)
+    np.testing.assert_allclose(probs, [[0.125, 0.25, 0.625], [3 / 7, 3 / 7, 1 / 7]])
+    assert chosen.tolist() == [2, 0] and np.allclose(mass, [0.8, 0.7])
+
+
+# --- steered readouts ---------------------------------------------------------------------------
+
+def test_mixed_batches_equal_each_trial_alone_and_controls_run_unsteered(llama):
+    model, tokenizer = llama
+    long = tokenizer("A much longer prompt with quite a few more words in it than the other.")["input_ids"]
+    short = tokenizer("Short prompt here.")["input_ids"]
+    vectors = torch.randn(2, model.config.hidden_size, generator=torch.Generator().manual_seed(0)).numpy()
+    trials = [Trial(tuple(long), 3, len(long), vectors[0], 5.0), Trial(tuple(short)),
+              Trial(tuple(short), 1, 3, vectors[1], 5.0)]
+    options = [5, 17, 300, 4000]
+    batched = read_options(model, 2, trials, options, batch_size=3)
+    alone = np.concatenate([read_options(model, 2, [t], options, batch_size=1) for t in trials])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    with torch.no_grad():
+        plain = [torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)[options].numpy()
+                 for ids in (long, short)]
+    np.testing.assert_allclose(batched[1], plain[1], atol=1e-5)
+    assert not np.allclose(batched[0], plain[0], atol=1e-3) and not np.allclose(batched[2], plain[1], atol=1e-3)
+
+
+def test_localization_steers_exactly_the_tokens_of_the_chosen_sentence(tiny, loc, tmp_path):
+    """One batch holds, for one sentence set, the concept vector on sentence k (rows 0..n-1), a
+    random vector on sentence k (rows n..2n-1) and the control (row 2n). Compared with the same
+    batch at strength 0, each row must differ by exactly strength x vector on the tokens that
+    decode to sentence k, and the control not at all."""
+    model, tokenizer = tiny
+    cell = random_cell(model, tokenizer, tmp_path, layer=2)
+    zero = open_cell(cell.vector_path, "tiny", True, 0.0, cell.mean_norm)
+    run = dict(sentences=SENTENCES, n_trials=1, n_sentences=4, questions=["locate"], batch_size=64, seed=5)
+    with recording(model, 2) as calls:
+        records = run_localization(model, tokenizer, cell, loc, **run)
+    with recording(model, 2) as plain_calls:
+        run_localization(model, tokenizer, zero, loc, **run)
+    (call,), (plain,) = calls, plain_calls
+    assert torch.equal(call["ids"], plain["ids"]) and len(records) == 9
+    chosen = [SENTENCES[i] for i in records[0]["sentence_ids"]]
+    noise = matched_random_vectors(cell.vectors.vector("Dust")[None], seed=[5, 0])[0]
+    for row, record in enumerate(records):
+        difference = call["state"][row] - plain["state"][row]
+        if record["kind"] == "control":
+            assert torch.equal(difference, torch.zeros_like(difference))
+            continue
+        steered = difference.abs().sum(-1).nonzero().flatten().tolist()
+        assert steered == list(range(steered[0], steered[-1] + 1))
+        assert tokenizer.decode(call["ids"][row, steered]).strip() == chosen[record["injected_position"] - 1]
+        vector = cell.vectors.vector("Dust") if record["kind"] == "injected" else noise
+        expected = torch.from_numpy(record["strength_absolute"] * vector).expand(len(steered), -1)
+        torch.testing.assert_close(difference[steered], expected, atol=1e-4, rtol=1e-4)
+        assert float(torch.from_numpy(record["strength_absolute"] * vector).norm()) == pytest.approx(
+            cell.strength * cell.mean_norm, rel=1e-5)
+
+
+# --- planted answers ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def planted(llama, tmp_path_factory):
+    """The tiny llama with answers fixed by construction: the (tied) embeddings of " Yes", " No"
+    and the first tokens of " dust", " snow", " bread" are set along basis directions; injected
+    at the last hidden state (before the final norm) at 100x the residual norm, concept vector
+    e_c makes its word's token the most probable candidate, and " Yes" wins over " No" for Dust
+    and Bread and loses for Snow."""
+    model, tokenizer = llama
+    model = copy.deepcopy(model)
+    embeddings = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is embeddings
+    basis = torch.eye(model.config.hidden_size)
+    yes = 3 * (basis[2] - basis[3] + basis[4]) / math.sqrt(3)
+    with torch.no_grad():
+        embeddings[token_id(tokenizer, "ĠYes")] = yes
+        embeddings[token_id(tokenizer, "ĠNo")] = -yes
+        for k, word in zip((2, 3, 4), ("Ġdust", "Ġsnow", "Ġbread")):
+            embeddings[token_id(tokenizer, word)] = 3 * basis[k]
+    layer = model.config.num_hidden_layers
+    path = vector_file(tmp_path_factory.mktemp("planted") / "v.h5", ["Dust", "Snow", "Bread"], basis[2:5], layer)
+    norm = mean_residual_norm(model, layer, sentence_ids(SENTENCES[:4], tokenizer), batch_size=4)
+    return model, tokenizer, open_cell(path, "tiny", True, 100.0, norm), yes
+
+
+def test_planted_detection_answers_and_an_unsteered_control(planted, det):
+    model, tokenizer, cell, _ = planted
+    records = run_detection_logits(model, tokenizer, cell, det, batch_size=2)
+    assert [(r["kind"], r["concept"]) for r in records] == [
+        ("injected", "Dust"), ("injected", "Snow"), ("injected", "Bread"), ("control", None)]
+    assert [r["prediction"] for r in records[:3]] == ["yes", "no", "yes"]
+    assert [r["correct"] for r in records[:3]] == [True, False, True]
+    assert records[0]["p_yes"] > 0.999 and records[1]["p_yes"] < 0.001
+    ids, _ = detection_prompt(tokenizer, det, True, "Answer:")
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    options = torch.log_softmax(logits, -1)[[token_id(tokenizer, "ĠYes"), token_id(tokenizer, "ĠNo")]]
+    control = records[3]
+    assert control["p_yes"] == pytest.approx(float(torch.softmax(options, -1)[0]), abs=1e-6)
+    assert control["option_mass"] == pytest.approx(float(options.exp().sum()), rel=1e-5)
+    assert control["correct"] == (control["prediction"] == "no") and control["strength_absolute"] == 0
+    assert all(r.keys() >= CELL_COLUMNS | TRIAL_COLUMNS | {"p_yes", "p_no", "option_mass"} for r in records)
+    assert records[0]["layer"] == model.config.num_hidden_layers and records[0]["strength_relative"] == 100.0
+
+
+def test_planted_forced_identification_ranks_the_injected_word_first(planted, det):
+    model, tokenizer, cell, _ = planted
+    records = run_forced_identification(model, tokenizer, cell, det)
+    injected = [r for r in records if r["kind"] == "injected"]
+    control = [r for r in records if r["kind"] == "control"]
+    assert [(r["concept"], r["rank"], r["top1"], r["prediction"]) for r in injected] == [
+        ("Dust", 1, True, "Dust"), ("Snow", 1, True, "Snow"), ("Bread", 1, True, "Bread")]
+    assert sorted(r["rank"] for r in control) == [1, 2, 3]
+    assert len({r["prediction"] for r in control}) == 1 and all(r["n_candidates"] == 3 for r in records)
+    assert all(r["candidate_mass"] > 0.99 for r in injected) and not any(r["shared_first_token"] for r in records)
+
+
+def test_a_shared_first_token_never_ranks_first(llama, det, tmp_path):
+    model, tokenizer = llama
+    cell = random_cell(model, tokenizer, tmp_path, names=("Trumpets", "Trump", "Snow"))
+    records = run_forced_identification(model, tokenizer, cell, det)
+    by_name = {(r["kind"], r["concept"]): r for r in records}
+    for kind in ("injected", "control"):
+        assert by_name[(kind, "Trumpets")]["shared_first_token"] and by_name[(kind, "Trump")]["shared_first_token"]
+        assert by_name[(kind, "Trumpets")]["rank"] >= 2 and by_name[(kind, "Trump")]["rank"] >= 2
+        assert not by_name[(kind, "Snow")]["shared_first_token"]
+
+
+# --- sampling and grading -----------------------------------------------------------------------
+
+def test_detection_responses_steer_injected_trials_only_and_are_reproducible(llama, det, tmp_path):
+    model, tokenizer = llama
+    cell = random_cell(model, tokenizer, tmp_path, strength=8.0)
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=6)
+    records = run_detection_responses(model, tokenizer, cell, det, params, samples=2, seed=3, batch_size=3,
+                                      concepts=["Dust", "Snow"])
+    assert [(r["kind"], r["concept"], r["seed"]) for r in records] == [
+        ("injected", "Dust", 3), ("injected", "Dust", 4), ("injected", "Snow", 3), ("injected", "Snow", 4),
+        ("control", None, 3), ("control", None, 4), ("control", None, 5), ("control", None, 6)]
+    assert records == run_detection_responses(model, tokenizer, cell, det, params, samples=2, seed=3, batch_size=3,
+                                              concepts=["Dust", "Snow"])
+    ids, _ = detection_prompt(tokenizer, det, True)
+    plain = sample_completions(model, [ids] * 5, [3, 4, 5, 6, 3], params, eos_token_ids(model, tokenizer), 0, 5, 1)
+    assert [r["token_ids"] for r in records[4:]] == [c.token_ids for c in plain[:4]]
+    assert records[0]["token_ids"] != plain[4].token_ids or records[2]["token_ids"] != plain[4].token_ids
+    assert all(r["text"] == tokenizer.decode(r["token_ids"], skip_special_tokens=True) for r in records)
+    assert all(r.keys() >= CELL_COLUMNS | {"kind", "concept", "sample", "seed", "stop_reason"} for r in records)
+
+
+RESPONSES = [
+    {"kind": "injected", "concept": "Snow", "text": "Yes, I notice something cold and white: snow."},
+    {"kind": "control", "concept": None, "text": "No, I do not notice anything unusual."},
+]
+
+
+def test_grading_prompts_name_the_concept_and_the_response(llama, rubric, det, monkeypatch):
+    model, tokenizer = llama
+    seen = []
+
+    def fake_log_probs(model, sequences, option_ids, pad_id, batch_size):
+        seen.extend(tokenizer.decode(s) for s in sequences)
+        return torch.log(torch.tensor([[0.3, 0.1]] * len(sequences), dtype=torch.float64))
+
+    monkeypatch.setattr(injection, "_option_log_probs", fake_log_probs)
+    graded = grade_responses(model, tokenizer, RESPONSES, rubric, det.question)
+    assert len(seen) == 4 + 2
+    assert all(det.question in text and text.rstrip().endswith("Answer:") for text in seen)
+    assert all(RESPONSES[0]["text"] in text for text in seen[:4]) and all(RESPONSES[1]["text"] in text for text in seen[4:])
+    assert 'about the word "snow"' in seen[2] and 'about the word "snow"' in seen[3] and "{word}" not in "".join(seen)
+    assert graded[0]["p_identifies"] == pytest.approx(0.75) and graded[0]["identifies"] is True
+    assert graded[1]["p_identifies"] is None and graded[1]["detected_and_identified"] is None
+    assert graded[1]["p_coherent"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0], ids=["yes", "no"])
+def test_planted_grader_verdicts_follow_its_yes_and_no(planted, rubric, det, direction):
+    """The planted model as grader, steered on every position towards " Yes" (or " No")."""
+    model, tokenizer, cell, yes = planted
+    with steer(model, cell.layer, direction * yes, 1000.0, Positions.onward(0)):
+        graded = grade_responses(model, tokenizer, RESPONSES, rubric, det.question, batch_size=4)
+    verdict = direction > 0
+    assert [graded[0][c] for c in CRITERIA] == [verdict] * 4
+    assert graded[0]["detected_and_identified"] is verdict
+    assert [graded[1][c] for c in CRITERIA] == [verdict, verdict, None, None]
+    assert graded[0]["rubric_sha256"] == rubric.sha256 and not graded[0]["truncated"]
+
+
+# --- localization records -----------------------------------------------------------------------
+
+def test_localization_records_are_complete_and_reproducible(llama, loc, tmp_path):
+    model, tokenizer = llama
+    cell = random_cell(model, tokenizer, tmp_path)
+    run = dict(sentences=SENTENCES, n_trials=4, n_sentences=3, batch_size=16)
+    records = run_localization(model, tokenizer, cell, loc, seed=1, **run)
+    assert len(records) == 4 * 4 * (2 * 3 + 1)
+    assert records == run_localization(model, tokenizer, cell, loc, seed=1, **run)
+    other = run_localization(model, tokenizer, cell, loc, seed=2, **run)
+    assert [r["sentence_ids"] for r in records] != [r["sentence_ids"] for r in other]
+    for record in records:
+        assert record.keys() >= CELL_COLUMNS | TRIAL_COLUMNS | {"trial", "sentence_ids", "answer_probs", "injected_position"}
+        assert sum(record["answer_probs"]) == pytest.approx(1) and record["prediction"] in (1, 2, 3)
+        assert record["prediction"] == 1 + int(np.argmax(record["answer_probs"]))
+        assert record["introspection"] == (record["question"] == "locate")
+        assert record["concept"] == ("Dust", "Snow", "Bread")[record["trial"] % 3]
+        if record["kind"] == "control":
+            assert record["injected_position"] is None and record["correct"] is None and record["strength_absolute"] == 0
+        else:
+            assert record["correct"] == (record["prediction"] == record["injected_position"])
+    path = tmp_path / "localization.json"
+    write_records(path, records, vectors=cell.provenance(), settings=run | {"sentences": None})
+    table = read_records([path])
+    assert len(table) == len(records) and table["strength_relative"].eq(cell.strength).all()
+
+
+def test_bad_cells_are_refused(llama, loc, tmp_path):
+    model, tokenizer = llama
+    cell = random_cell(model, tokenizer, tmp_path)
+    with pytest.raises(InputError, match=rf"{cell.vector_path}: attribute 'model' is 'tiny', not model 'other'"):
+        open_cell(cell.vector_path, "other", True, 1.0, 1.0)
+    with pytest.raises(InputError, match=rf"{cell.vector_path}: no vector for 'Milk'"):
+        run_detection_logits(model, tokenizer, cell, load_detection_texts(DETECTION, DETECTION_SCHEMA), concepts=["Milk"])
+    with pytest.raises(InputError, match=r"no question 'where'"):
+        run_localization(model, tokenizer, cell, loc, SENTENCES, 1, questions=["where"])
+    with pytest.raises(InputError, match="2..9 sentences"):
+        run_localization(model, tokenizer, cell, loc, SENTENCES, 1, n_sentences=10)
+    zero = vector_file(tmp_path / "zero.h5", ["Dust"], np.zeros((1, model.config.hidden_size)), 2)
+    with pytest.raises(InputError, match="Dust have no direction"):
+        open_cell(zero, "tiny", True, 1.0, 1.0)
+
+
+# --- the real embedded model --------------------------------------------------------------------
+
+@pytest.mark.embedded
+def test_embedded_smollm2_forced_identification(tmp_path, det):
+    """SmolLM2-135M-Instruct with mean-subtraction vectors at layer 20: injecting a concept at
+    2x the residual norm makes its word the top candidate after the forced prefill (measured: all
+    three; unsteered, ranks 3, 2, 1), and P(yes) is a valid probability (unsteered, yes/no hold most of the mass)."""
+    from llm_introspection.models import load_model, load_tokenizer, prepare_model
+
+    spec = {"family": "smollm2", "size_b": 0.135, "variant": "instruct", "frame": "native",
+            "trust_remote_code": False, "source": {"kind": "gguf_file", "path": str(smollm2_gguf_path())}}
+    manifest = prepare_model("smollm2", spec, tmp_path)
+    model, tokenizer = load_model(manifest, "cpu", torch.float32), load_tokenizer(manifest)
+    concepts, baseline, layer = ["Dust", "Trumpets", "Origami"], ["Desks", "Jackets", "Chairs", "Clouds", "Rivers"], 20
+    requests = concept_prompt_ids(concepts + baseline, "Tell me about {word}", tokenizer, "instruct", "native", "m")
+    vectors = mean_subtraction_vectors(model, [layer], requests[:3], requests[3:], batch_size=8)[:, 0]
+    norm = mean_residual_norm(model, layer, sentence_ids(SENTENCES[:8], tokenizer), batch_size=8)
+    cell = open_cell(vector_file(tmp_path / "v.h5", concepts, vectors, layer, "smollm2"), "smollm2", True, 2.0, norm)
+    records = run_forced_identification(model, tokenizer, cell, det)
+    rank = {(r["kind"], r["concept"]): r["rank"] for r in records}
+    injected = [rank[("injected", c)] for c in concepts]
+    assert sum(r == 1 for r in injected) >= 2 and np.mean(injected) < 2, rank  # control ranks average 2
+    detection = run_detection_logits(model, tokenizer, cell, det, concepts=["Dust"])
+    assert all(0 < r["p_yes"] < 1 for r in detection)
+    assert detection[-1]["kind"] == "control" and detection[-1]["option_mass"] > 0.1  # unsteered, it answers yes/no

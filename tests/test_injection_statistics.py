@@ -1,0 +1,199 @@
+"""Injection statistics: intervals against published values and their formulas, exact tests,
+and the experiment tables on planted records (through the record files)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+
+from llm_introspection.injection import read_records, write_records
+from llm_introspection.injection_statistics import (
+    MEASURE_COLUMNS, binomial_p, detection_logit_statistics, detection_response_statistics,
+    forced_identification_statistics, json_ready, localization_statistics, newcombe_difference, wilson_interval,
+)
+
+CELL = {"model": "m", "layer": 3, "vector_method": "mean_subtraction", "strength_relative": 1.0}
+Z = norm.ppf(0.975)
+
+
+def wilson_formula(successes, n):
+    """Wilson (1927) score interval, written out."""
+    p = successes / n
+    centre = (p + Z**2 / (2 * n)) / (1 + Z**2 / n)
+    half = Z / (1 + Z**2 / n) * math.sqrt(p * (1 - p) / n + Z**2 / (4 * n**2))
+    return centre - half, centre + half
+
+
+def newcombe_formula(s1, n1, s2, n2):
+    """Newcombe (1998) method 10: the difference's bounds from each proportion's Wilson bounds."""
+    (p1, (l1, u1)), (p2, (l2, u2)) = (s1 / n1, wilson_formula(s1, n1)), (s2 / n2, wilson_formula(s2, n2))
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def by_measure(table, **selection):
+    rows = table
+    for key, value in selection.items():
+        rows = rows[rows[key] == value]
+    return rows.set_index("measure")
+
+
+# --- intervals and tests ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("successes,n,low,high", [
+    (81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718),
+])
+def test_wilson_matches_newcombe_1998_single_proportion_table(successes, n, low, high):
+    """Newcombe (1998), Stat Med 17:857, Table I, method 3 (score, no continuity correction)."""
+    interval = wilson_interval(successes, n)
+    assert interval == pytest.approx((low, high), abs=5e-5)
+    assert interval == pytest.approx(wilson_formula(successes, n), abs=1e-12)
+
+
+@pytest.mark.parametrize("s1,n1,s2,n2,low,high", [
+    (56, 70, 48, 80, 0.0524, 0.3339), (9, 10, 3, 10, 0.1705, 0.8090), (6, 7, 2, 7, 0.0582, 0.8062),
+    (5, 56, 0, 29, -0.0381, 0.1926), (0, 10, 0, 20, -0.1611, 0.2775), (0, 10, 0, 10, -0.2775, 0.2775),
+])
+def test_newcombe_difference_matches_the_published_table(s1, n1, s2, n2, low, high):
+    """Newcombe (1998), Stat Med 17:873, Table II, method 10 (hybrid score, no continuity correction)."""
+    estimate, lower, upper = newcombe_difference(s1, n1, s2, n2)
+    assert estimate == pytest.approx(s1 / n1 - s2 / n2)
+    assert (lower, upper) == pytest.approx((low, high), abs=5e-5)
+    assert (lower, upper) == pytest.approx(newcombe_formula(s1, n1, s2, n2), abs=1e-12)
+
+
+def test_empty_samples_give_nan_not_errors():
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    assert all(math.isnan(x) for x in newcombe_difference(3, 10, 0, 0))
+    assert math.isnan(binomial_p(0, 0, 0.5))
+
+
+def test_binomial_p_is_the_exact_two_sided_test():
+    assert binomial_p(20, 20, 0.2) == pytest.approx(0.2**20, rel=1e-9)  # no outcome is rarer than 20/20
+    assert binomial_p(0, 10, 0.5) == pytest.approx(2 * 0.5**10, rel=1e-9)
+    assert binomial_p(2, 10, 0.2) == pytest.approx(1.0)
+
+
+# --- experiments, from record files -------------------------------------------------------------
+
+def through_files(tmp_path, records, name):
+    path = tmp_path / f"{name}.json"
+    write_records(path, records, experiment=name)
+    return read_records([path])
+
+
+def test_detection_logit_rates(tmp_path):
+    records = [CELL | {"kind": "injected", "concept": f"c{i}", "p_yes": 0.9 if i < 30 else 0.2,
+                       "prediction": "yes" if i < 30 else "no"} for i in range(40)]
+    records += [CELL | {"kind": "control", "concept": None, "p_yes": 0.6 if i < 2 else 0.3,
+                        "prediction": "yes" if i < 2 else "no"} for i in range(10)]
+    table = detection_logit_statistics(through_files(tmp_path, records, "detection_logits"))
+    assert list(table.columns) == list(MEASURE_COLUMNS)
+    rows = by_measure(table)
+    assert (rows.loc["hit_rate", "successes"], rows.loc["hit_rate", "n"], rows.loc["hit_rate", "estimate"]) == (30, 40, 0.75)
+    assert (rows.loc["hit_rate", "low"], rows.loc["hit_rate", "high"]) == pytest.approx(wilson_formula(30, 40))
+    assert rows.loc["false_alarm_rate", "estimate"] == 0.2
+    difference = rows.loc["hit_minus_false_alarm"]
+    assert difference["estimate"] == pytest.approx(0.55)
+    assert (difference["low"], difference["high"]) == pytest.approx(newcombe_formula(30, 40, 2, 10))
+    assert (difference["reference_successes"], difference["reference_n"]) == (2, 10)
+    assert rows.loc["p_yes_above_control", "estimate"] == 0.75  # control mean 0.36: 0.9 above, 0.2 below
+    assert rows.loc["mean_p_yes_control", "estimate"] == pytest.approx(0.36)
+    assert rows.loc["mean_p_yes_injected", "low"] <= 0.725 <= rows.loc["mean_p_yes_injected", "high"]
+
+
+def graded_records():
+    flags = [(1, 1, 1, 1)] * 10 + [(1, 1, 1, 0)] * 2 + [(1, 1, 0, 0)] * 2 + [(0, 1, 1, 1)] + [(1, 0, 0, 0)] * 5
+    injected = [CELL | {"kind": "injected", "concept": "Snow", **dict(zip(
+        ("coherent", "affirmative", "identifies", "detection_before_word"), map(bool, f))),
+        "detected_and_identified": all(f)} for f in flags]
+    controls = [CELL | {"kind": "control", "concept": None, "coherent": c, "affirmative": a, "identifies": None,
+                        "detection_before_word": None, "detected_and_identified": None}
+                for c, a in [(True, False)] * 8 + [(True, True), (False, True)]]
+    return injected + controls
+
+
+def test_detection_response_rates_need_a_coherent_claim(tmp_path):
+    rows = by_measure(detection_response_statistics(through_files(tmp_path, graded_records(), "graded")))
+    expected = {"hit_rate": (14, 20), "false_alarm_rate": (1, 10), "identification_given_claim": (12, 14),
+                "detected_and_identified": (10, 20), "coherent_injected": (19, 20), "coherent_control": (9, 10)}
+    for measure, (successes, n) in expected.items():
+        assert (rows.loc[measure, "successes"], rows.loc[measure, "n"]) == (successes, n), measure
+        assert (rows.loc[measure, "low"], rows.loc[measure, "high"]) == pytest.approx(wilson_formula(successes, n))
+    combined = rows.loc["detected_and_identified_minus_false_alarm"]
+    assert combined["estimate"] == pytest.approx(0.4)
+    assert (combined["low"], combined["high"]) == pytest.approx(newcombe_formula(10, 20, 1, 10))
+
+
+def test_forced_identification_top1_and_rank_improvement(tmp_path):
+    injected_ranks = [1] * 6 + [2, 3, 4, 5]
+    control_ranks = list(range(10, 0, -1))
+    records = [CELL | {"kind": kind, "concept": f"c{i}", "rank": rank, "top1": rank == 1, "n_candidates": 10}
+               for kind, ranks in (("injected", injected_ranks), ("control", control_ranks))
+               for i, rank in enumerate(ranks)]
+    rows = by_measure(forced_identification_statistics(through_files(tmp_path, records, "forced")))
+    top1 = rows.loc["top1_injected"]
+    assert (top1["successes"], top1["n"], top1["chance"]) == (6, 10, 0.1)
+    assert top1["p_value"] == pytest.approx(binomial_p(6, 10, 0.1)) and top1["p_value"] < 0.001
+    assert rows.loc["top1_control", "estimate"] == 0.1
+    improvement = np.array(control_ranks) - np.array(injected_ranks)
+    assert rows.loc["rank_improvement", "estimate"] == pytest.approx(improvement.mean())
+    assert rows.loc["rank_improvement", "low"] < improvement.mean() < rows.loc["rank_improvement", "high"]
+    assert rows.loc["top1_injected_minus_control", "estimate"] == pytest.approx(0.5)
+
+
+def localization_records(strength, n_trials=20, n=5):
+    """locate + concept: always right; prefer + concept: always the last sentence; random vectors:
+    always the first; no injection: always the third."""
+    records = []
+    for trial in range(n_trials):
+        for question in ("locate", "prefer"):
+            for kind in ("injected", "random"):
+                for position in range(1, n + 1):
+                    answer = 1 if kind == "random" else (position if question == "locate" else n)
+                    records.append(CELL | {"strength_relative": strength, "trial": trial, "question": question,
+                                           "introspection": question == "locate", "kind": kind, "n_sentences": n,
+                                           "injected_position": position, "prediction": answer,
+                                           "correct": answer == position, "answer_probs": list(np.eye(n)[answer - 1])})
+            records.append(CELL | {"strength_relative": strength, "trial": trial, "question": question,
+                                   "introspection": question == "locate", "kind": "control", "n_sentences": n,
+                                   "injected_position": None, "prediction": 3, "correct": None,
+                                   "answer_probs": list(np.eye(n)[2])})
+    return records
+
+
+def test_localization_accuracy_margins_and_position_bias(tmp_path):
+    records = through_files(tmp_path, localization_records(1.0) + localization_records(2.0), "localization")
+    tables = localization_statistics(records)
+    accuracy = tables["accuracy"]
+    assert len(accuracy) == 2 * 4 and set(accuracy["measure"]) == {"accuracy"}
+    locate = accuracy[(accuracy["question"] == "locate") & (accuracy["kind"] == "injected")].iloc[0]
+    assert (locate["successes"], locate["n"], locate["chance"]) == (100, 100, 0.2)
+    assert locate["p_value"] == pytest.approx(0.2**100, rel=1e-9)
+    one_cell = accuracy[accuracy["strength_relative"] == 1.0]
+    for _, row in one_cell[one_cell["question"] + one_cell["kind"] != "locateinjected"].iterrows():
+        assert (row["successes"], row["n"], row["p_value"]) == (20, 100, pytest.approx(1.0))
+    assert one_cell["p_holm"].min() == pytest.approx(4 * 0.2**100, rel=1e-9)  # Holm over the cell's 4 tests
+
+    margins = tables["margins"]
+    assert len(margins) == 2 * 3
+    for _, row in margins.iterrows():
+        assert row["estimate"] == pytest.approx(0.8) and (row["successes"], row["reference_successes"]) == (100, 20)
+        assert (row["low"], row["high"]) == pytest.approx(newcombe_formula(100, 100, 20, 100))
+
+    answers = tables["answers"].query("strength_relative == 1.0")
+    random = answers[answers["kind"] == "random"]
+    assert set(random.loc[random["answer"] == 1, "count"]) == {20} and random.loc[random["answer"] > 1, "count"].eq(0).all()
+    assert len(random) == 2 * 5 * 5  # 2 questions x 5 injected positions x 5 answers
+    control = answers[answers["kind"] == "control"]
+    assert control["injected_position"].isna().all() and len(control) == 2 * 5
+    assert control.set_index(["question", "answer"]).loc[("locate", 3), "share"] == 1.0
+    prefer = answers[(answers["kind"] == "injected") & (answers["question"] == "prefer")]
+    assert prefer.loc[prefer["answer"] == 5, "mean_prob"].eq(1.0).all()
+
+
+def test_json_ready_turns_nan_into_null():
+    table = pd.DataFrame({"measure": ["a"], "estimate": [np.nan], "n": [3]})
+    assert json_ready({"t": table}) == {"t": [{"measure": "a", "estimate": None, "n": 3}]}

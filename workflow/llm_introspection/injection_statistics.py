@@ -1,0 +1,211 @@
+"""Statistics of the concept injection experiments, from their per-trial records (injection.py).
+
+Rates come with Wilson score intervals, differences between independent rates (injected vs
+control trials) with Newcombe's hybrid score interval (both from statsmodels), and rates against
+chance with exact two-sided binomial tests (scipy), Holm-adjusted within a cell. Every table is
+tidy: one row per cell (model, layer, vector_method, strength_relative) and measure, with the
+columns of MEASURE_COLUMNS, ready for CSV and (through json_ready) JSON.
+
+Trials are counted as independent. Localization's injected, random and question-control trials
+share their sentence sets, so the independent-samples interval of a margin is conservative when
+they are positively correlated.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
+
+from .statistics import bootstrap_ci, holm
+
+CELL = ("model", "layer", "vector_method", "strength_relative")
+MEASURE_COLUMNS = (
+    *CELL, "measure", "estimate", "low", "high", "successes", "n", "reference_successes", "reference_n",
+    "chance", "p_value", "p_holm",
+)
+
+
+# --- intervals and tests ------------------------------------------------------------------------
+
+def wilson_interval(successes, n, confidence=0.95):
+    """Wilson score interval of a proportion; NaN bounds when n is 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    low, high = proportion_confint(successes, n, alpha=1 - confidence, method="wilson")
+    return float(low), float(high)
+
+
+def newcombe_difference(successes, n, reference_successes, reference_n, confidence=0.95):
+    """successes/n - reference_successes/reference_n and Newcombe's hybrid score interval (his
+    method 10) for independent samples; NaN when a sample is empty."""
+    if n == 0 or reference_n == 0:
+        return float("nan"), float("nan"), float("nan")
+    low, high = confint_proportions_2indep(successes, n, reference_successes, reference_n, method="newcomb",
+                                           compare="diff", alpha=1 - confidence)
+    return successes / n - reference_successes / reference_n, float(low), float(high)
+
+
+def binomial_p(successes, n, chance):
+    """Exact two-sided binomial test of successes out of n against the rate `chance`."""
+    return float(binomtest(int(successes), int(n), chance).pvalue) if n else float("nan")
+
+
+def rate_row(measure, flags, chance=None, confidence=0.95):
+    """A rate measure from boolean flags: estimate, Wilson bounds, counts and, given a chance
+    rate, the binomial test against it."""
+    flags = np.asarray(flags, dtype=bool)
+    successes, n = int(flags.sum()), int(flags.size)
+    low, high = wilson_interval(successes, n, confidence)
+    return {"measure": measure, "estimate": successes / n if n else float("nan"), "low": low, "high": high,
+            "successes": successes, "n": n, "chance": chance,
+            "p_value": binomial_p(successes, n, chance) if chance is not None else float("nan")}
+
+
+def difference_row(measure, flags, reference_flags, confidence=0.95):
+    """The difference of two independent rates with Newcombe's interval."""
+    flags, reference = np.asarray(flags, dtype=bool), np.asarray(reference_flags, dtype=bool)
+    estimate, low, high = newcombe_difference(int(flags.sum()), flags.size, int(reference.sum()), reference.size,
+                                              confidence)
+    return {"measure": measure, "estimate": estimate, "low": low, "high": high, "successes": int(flags.sum()),
+            "n": int(flags.size), "reference_successes": int(reference.sum()), "reference_n": int(reference.size)}
+
+
+def mean_row(measure, values, seed=0, n_resamples=10000):
+    """A mean with its percentile bootstrap interval (statistics.bootstrap_ci)."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return {"measure": measure, "estimate": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+    estimate, low, high = bootstrap_ci(values, np.mean, n_resamples=n_resamples, seed=seed)
+    return {"measure": measure, "estimate": float(estimate), "low": float(low), "high": float(high), "n": values.size}
+
+
+def _table(rows, extra=()):
+    """Rows as a table of MEASURE_COLUMNS (+ extra), p-values Holm-adjusted within each cell."""
+    table = pd.DataFrame(rows).reindex(columns=[*MEASURE_COLUMNS, *extra])
+    tested = table["p_value"].notna()
+    table["p_holm"] = np.nan
+    for _, index in table[tested].groupby(list(CELL), dropna=False).groups.items():
+        table.loc[index, "p_holm"] = holm(table.loc[index, "p_value"])[0]
+    return table
+
+
+def _cells(records):
+    return records.groupby(list(CELL), sort=True, dropna=False)
+
+
+def _flags(series):
+    return series.astype(bool).to_numpy()
+
+
+# --- experiments --------------------------------------------------------------------------------
+
+def detection_logit_statistics(records):
+    """Per cell, from run_detection_logits records: hit rate (injected trials answering yes),
+    false-alarm rate (control trials answering yes), their difference, the share of injected
+    trials whose P(yes) exceeds the control's mean, and the mean P(yes) of each kind."""
+    rows = []
+    for cell, group in _cells(records):
+        injected, control = group[group["kind"] == "injected"], group[group["kind"] == "control"]
+        hits, alarms = _flags(injected["prediction"] == "yes"), _flags(control["prediction"] == "yes")
+        part = [rate_row("hit_rate", hits), rate_row("false_alarm_rate", alarms),
+                difference_row("hit_minus_false_alarm", hits, alarms),
+                rate_row("p_yes_above_control", injected["p_yes"] > control["p_yes"].mean()),
+                mean_row("mean_p_yes_injected", injected["p_yes"]), mean_row("mean_p_yes_control", control["p_yes"])]
+        rows += [dict(zip(CELL, cell)) | row for row in part]
+    return _table(rows)
+
+
+def detection_response_statistics(graded):
+    """Per cell, from grade_responses records: a claim is a coherent, affirmative response.
+    hit_rate (claims on injected trials), false_alarm_rate (on controls), their difference,
+    identification_given_claim (identifies, among injected claims), detected_and_identified (all
+    four criteria, among injected trials) and its difference from the false-alarm rate, and the
+    coherence of each kind."""
+    rows = []
+    for cell, group in _cells(graded):
+        injected, control = group[group["kind"] == "injected"], group[group["kind"] == "control"]
+        hits = _flags(injected["coherent"]) & _flags(injected["affirmative"])
+        alarms = _flags(control["coherent"]) & _flags(control["affirmative"])
+        combined = _flags(injected["detected_and_identified"])
+        part = [rate_row("hit_rate", hits), rate_row("false_alarm_rate", alarms),
+                difference_row("hit_minus_false_alarm", hits, alarms),
+                rate_row("identification_given_claim", _flags(injected["identifies"])[hits]),
+                rate_row("detected_and_identified", combined),
+                difference_row("detected_and_identified_minus_false_alarm", combined, alarms),
+                rate_row("coherent_injected", _flags(injected["coherent"])),
+                rate_row("coherent_control", _flags(control["coherent"]))]
+        rows += [dict(zip(CELL, cell)) | row for row in part]
+    return _table(rows)
+
+
+def forced_identification_statistics(records, seed=0):
+    """Per cell, from run_forced_identification records: the top-1 rate of the injected concept
+    among the candidates on injected trials (binomial test against 1/n_candidates) and on the
+    control (the unsteered answer: one concept is top-1, so about 1/n_candidates by construction),
+    their difference, and the mean rank of each kind and its paired improvement (control rank minus
+    injected rank, per concept) with bootstrap intervals."""
+    rows = []
+    for cell, group in _cells(records):
+        injected = group[group["kind"] == "injected"].set_index("concept")
+        control = group[group["kind"] == "control"].set_index("concept").reindex(injected.index)
+        chance = 1 / int(group["n_candidates"].iloc[0])
+        part = [rate_row("top1_injected", _flags(injected["top1"]), chance),
+                rate_row("top1_control", _flags(control["top1"].dropna()), chance),
+                difference_row("top1_injected_minus_control", _flags(injected["top1"]), _flags(control["top1"].dropna())),
+                mean_row("mean_rank_injected", injected["rank"], seed),
+                mean_row("mean_rank_control", control["rank"].dropna(), seed),
+                mean_row("rank_improvement", (control["rank"] - injected["rank"]).dropna(), seed)]
+        rows += [dict(zip(CELL, cell)) | row for row in part]
+    return _table(rows)
+
+
+def localization_statistics(records):
+    """From run_localization records, three tables:
+
+    accuracy: per cell, question and kind (injected, random), the rate of answering the steered
+    sentence, against chance 1/n_sentences (binomial test, Holm within the cell);
+    margins: per cell, the introspection question's accuracy on injected trials minus that of each
+    control (every other question on injected trials; the introspection question with random
+    vectors), Newcombe intervals;
+    answers: the full answer distribution per cell, question, kind and injected position (None
+    for controls): count and share of each answered position, and its mean probability.
+    """
+    accuracy, margins, answers = [], [], []
+    for cell, group in _cells(records):
+        keys = dict(zip(CELL, cell))
+        chance = 1 / int(group["n_sentences"].iloc[0])
+        steered = group[group["kind"] != "control"]
+        correct = {(q, k): _flags(rows["correct"]) for (q, k), rows in steered.groupby(["question", "kind"], sort=True)}
+        for (question, kind), flags in correct.items():
+            accuracy.append(keys | rate_row("accuracy", flags, chance) | {"question": question, "kind": kind})
+        introspection = group.loc[group["introspection"].astype(bool), "question"].iloc[0]
+        reference = correct[(introspection, "injected")]
+        for (question, kind), flags in correct.items():
+            if (question, kind) != (introspection, "injected"):
+                margins.append(keys | difference_row("margin", reference, flags) | {"question": question, "kind": kind})
+        answers += _answer_distribution(group, keys)
+    extra = ("question", "kind")
+    return {"accuracy": _table(accuracy, extra), "margins": _table(margins, extra), "answers": pd.DataFrame(answers)}
+
+
+def _answer_distribution(group, keys):
+    rows = []
+    positions = group["injected_position"].astype("Int64")  # None (controls) becomes <NA>
+    for (question, kind, position), trials in group.groupby(["question", "kind", positions], sort=True, dropna=False):
+        n = int(group["n_sentences"].iloc[0])
+        counts = np.bincount(trials["prediction"].to_numpy(dtype=int) - 1, minlength=n)
+        mean_probs = np.mean(np.stack(trials["answer_probs"].to_numpy()), axis=0)
+        for answer in range(1, n + 1):
+            rows.append(keys | {
+                "question": question, "kind": kind, "injected_position": None if pd.isna(position) else int(position),
+                "answer": answer, "count": int(counts[answer - 1]), "share": counts[answer - 1] / len(trials),
+                "mean_prob": float(mean_probs[answer - 1]), "n": len(trials),
+            })
+    return rows
+
+
+def json_ready(tables):
+    """A dict of tables as JSON-ready lists of records (NaN becomes null)."""
+    return {name: json.loads(table.to_json(orient="records")) for name, table in tables.items()}
