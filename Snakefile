@@ -9,6 +9,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/generate.smk"
@@ -18,6 +21,7 @@ include: "rules/statistics.smk"
 include: "rules/entropy.smk"
 include: "rules/judge.smk"
 include: "rules/probes.smk"
+include: "rules/report.smk"
 
 
 localrules:

@@ -23,7 +23,31 @@ try:
 except InputError as error:
     raise WorkflowError(str(error)) from None
 
-MODELS = config["models"]
+MODELS = dict(config["models"])
+SHARED_FRAME_SUFFIX = "-base-frame"
+
+
+def shared_frame_twins(models):
+    """The shared-frame condition's twins: name -> (original name, entry with frame 'base')."""
+    twins = {}
+    for name, spec in models.items():
+        if spec["variant"] == "instruct" and spec["frame"] == "native":
+            twin = name + SHARED_FRAME_SUFFIX
+            if twin in models:
+                raise WorkflowError(
+                    f"config key 'conditions.shared_frame': the twin of model {name!r} would be "
+                    f"named {twin!r}, which is already a model of the config"
+                )
+            twins[twin] = (name, {**spec, "frame": "base"})
+    return twins
+
+
+# Derived models: twin name -> the model whose prepared weights it shares.
+TWIN_OF = {}
+if config["conditions"]["shared_frame"]:
+    for twin, (original, spec) in shared_frame_twins(MODELS).items():
+        TWIN_OF[twin] = original
+        MODELS[twin] = spec
 if config["judge"]["model"] not in MODELS:
     raise WorkflowError(
         f"config key 'judge.model': {config['judge']['model']!r} is not one of the models "
@@ -88,6 +112,12 @@ def get_model_spec(wildcards):
     return MODELS[wildcards.model]
 
 
+def get_twin_source_manifest(wildcards):
+    """A twin's original's manifest (its weights are shared), else nothing."""
+    original = TWIN_OF.get(wildcards.model)
+    return [f"results/models/{original}/manifest.json"] if original else []
+
+
 def get_model_generations(wildcards):
     """Every generation file of one model."""
     return expand(
@@ -116,4 +146,5 @@ def get_study_outputs():
         "results/statistics/entropy_profiles.csv",
         "results/statistics/agreement_statistics.json",
         "results/statistics/probing_statistics.json",
+        "results/report.md",
     ]

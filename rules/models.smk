@@ -7,6 +7,8 @@ localrules:
 
 
 rule prepare_model:
+    input:
+        shared=get_twin_source_manifest,
     output:
         manifest="results/models/{model}/manifest.json",
     log:

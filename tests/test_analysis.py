@@ -18,7 +18,7 @@ LEXICON_SCHEMA = REPO / "config/schema/lexicon.schema.yaml"
 def header(model, variant, family, prompt, prompt_type):
     return {
         "study": "t", "generation": {}, "versions": {},
-        "model": {"name": model, "family": family, "size_b": 1.0, "variant": variant},
+        "model": {"name": model, "family": family, "size_b": 1.0, "variant": variant, "frame": "native"},
         "prompt": {"id": prompt, "type": prompt_type},
     }
 

@@ -126,8 +126,8 @@ def synthetic_study(seed=0, d=8, reps=2):
     models = [("a-base", "a", "base"), ("a-instruct", "a", "instruct"), ("b-instruct", "b", "instruct")]
     types = ["unconstrained", "self_reference", "structured_novelty", "topic_control"]
     rows = [
-        {"model": m, "family": f, "size_b": 1.0, "variant": v, "hidden_size": d, "n_layers": 4,
-         "prompt_id": f"{t}_{i:02d}", "prompt_type": t, "rep": r, "seed": 42 + r}
+        {"model": m, "family": f, "size_b": 1.0, "variant": v, "frame": "native", "condition": "native",
+         "hidden_size": d, "n_layers": 4, "prompt_id": f"{t}_{i:02d}", "prompt_type": t, "rep": r, "seed": 42 + r}
         for m, f, v in models for t in types for i in (1, 2) for r in range(reps)
     ]
     meta = pd.DataFrame(rows)
@@ -169,14 +169,34 @@ def test_probe_tasks_without_data_says_why():
         probe_tasks(features, meta, meta[["model", "prompt_id"]].assign(code=1))
 
 
+def test_shared_frame_probe_sees_only_identical_input_text():
+    """Planted: the native instruct rows differ from base by their chat template (a big shift),
+    the shared-frame twin not at all: the native probe decodes the variant, the shared one cannot."""
+    features, meta = synthetic_study(reps=3)
+    base = meta[meta["model"] == "a-base"]
+    twin = base.assign(model="a-instruct-base-frame", variant="instruct", frame="base", condition="shared_frame")
+    meta = pd.concat([meta, twin], ignore_index=True)
+    rng = np.random.default_rng(7)
+    features = {h: np.concatenate([x, x[base.index] + 0.01 * rng.normal(size=(len(base), x.shape[1]))]).astype(np.float32)
+                for h, x in features.items()}
+    table = probe_tasks(features, meta, n_permutations=20)
+    variant = table[table["task"] == "base_vs_instruct"].set_index(["subset", "hidden_state_index"])
+    # family b has no shared-frame twin, so no hidden size spans two families in that condition
+    assert sorted(variant.index.unique("subset")) == ["family=a", "hidden_size=8", "shared_frame: family=a"]
+    assert (variant.loc["family=a", "accuracy"] >= 0.9).all()
+    shared = variant.loc["shared_frame: family=a"]
+    assert (shared["n"] == 2 * len(base)).all()  # base and twin only: no native instruct rows
+    assert (shared["accuracy"] <= 0.75).all() and (shared["p_value"] > 0.05).all()
+
+
 # --- pooling -------------------------------------------------------------------------------------
 
 def write_activations(path, prompt_states, rep_states, name="m", hidden_size=None, skip=()):
     """An activation file in the workflow's layout; `skip` leaves out groups or attributes."""
     layers, _, d = prompt_states.shape
     indices = [0, 2, 4][:layers]
-    model = {"name": name, "family": "fam", "size_b": 0.1, "variant": "base", "hidden_size": hidden_size or d,
-             "n_layers": 4}
+    model = {"name": name, "family": "fam", "size_b": 0.1, "variant": "base", "frame": "native",
+             "hidden_size": hidden_size or d, "n_layers": 4}
     with h5py.File(path, "w") as h5:
         attrs = {"model": json.dumps(model), "prompt_id": "self_reference_01", "prompt_type": "self_reference",
                  "hidden_state_indices": json.dumps(indices), "layer_fractions": json.dumps([0, 0.5, 1]),

@@ -54,9 +54,12 @@ def per_prompt_study(tokenizer_dir, tmp_path):
 @pytest.fixture(scope="module")
 def per_model_study(tokenizer_dir, tmp_path_factory):
     directory = tmp_path_factory.mktemp("study")
-    write_study(directory, tiny_models(tokenizer_dir))
+    write_study(directory, tiny_models(tokenizer_dir), conditions={"shared_frame": True})
     snakemake(directory)
     return directory
+
+
+TWIN = "tiny-instruct-base-frame"  # the shared-frame condition's twin of tiny-instruct
 
 
 def test_full_run_writes_valid_outputs(per_model_study):
@@ -81,6 +84,21 @@ def test_full_run_writes_valid_outputs(per_model_study):
                     assert list(group["token_ids"][:]) == rep["token_ids"]
 
 
+def test_shared_frame_twin_reuses_the_weights_and_reads_the_base_text(per_model_study):
+    manifests = {m: json.loads((per_model_study / f"results/models/{m}/manifest.json").read_text())
+                 for m in ("tiny-instruct", TWIN)}
+    assert manifests[TWIN]["load_path"] == manifests["tiny-instruct"]["load_path"]
+    assert (manifests[TWIN]["frame"], manifests[TWIN]["twin_of"]) == ("base", "tiny-instruct")
+    assert not (per_model_study / f"results/models/{TWIN}/weights").exists()
+    generations = {m: json.loads((per_model_study / f"results/generations/{m}/self_reference_01.json").read_text())
+                   for m in ("tiny-base", "tiny-instruct", TWIN)}
+    assert generations[TWIN]["prompt"]["chat_template"] is False
+    assert generations[TWIN]["prompt"]["text"] == generations["tiny-base"]["prompt"]["text"]
+    assert generations[TWIN]["prompt"]["text"] != generations["tiny-instruct"]["prompt"]["text"]
+    coded = pd.read_csv(per_model_study / f"results/coding/keyword/{TWIN}.csv")
+    assert set(coded["condition"]) == {"shared_frame"} and set(coded["variant"]) == {"instruct"}
+
+
 def test_rerun_does_nothing(per_model_study):
     result = snakemake(per_model_study, "--dry-run")
     assert planned(result) == [] and "Nothing to be done" in result.stdout
@@ -92,34 +110,68 @@ def test_statistics_run_on_the_coded_and_judged_completions(per_model_study):
     content = pd.read_csv(per_model_study / "results/statistics/content_statistics.csv")
     paired = content[content["comparison"] == "instruct_vs_base"]
     assert paired["note"].str.contains("no family has both").all()  # one variant per family here
+    assert set(paired["condition"]) == {"native", "shared_frame"}
+    assert (content.loc[content["condition"] == "shared_frame", "comparison"] == "instruct_vs_base").all()
     mixed = json.loads((per_model_study / "results/statistics/mixed_effects.json").read_text())
     assert mixed["dimensions"]["self_reference"]["instruct"]["estimable"] is False
     entropy = pd.read_csv(per_model_study / "results/statistics/entropy_statistics_enhanced.csv")
     described = entropy[(entropy["comparison"] == "descriptive") & (entropy["dimension"] == "first_token_entropy_t1")]
-    assert len(described) == 2 * 4 and set(described["n_a"]) == {1}  # 2 models x 4 prompt types, 1 prompt each
+    assert len(described) == 3 * 4 and set(described["n_a"]) == {1}  # 3 models x 4 prompt types, 1 prompt each
     judged = pd.read_csv(per_model_study / "results/judge/tiny-base.csv")
     assert len(judged) == 8 and judged["judge_self_reference"].between(0, 3).all()
     assert set(judged["judge_model"]) == {"tiny-instruct"}
     agreement = json.loads((per_model_study / "results/statistics/agreement_statistics.json").read_text())
-    assert agreement["dimensions"]["hedging"]["all_models"]["n"] == 16
+    assert agreement["dimensions"]["hedging"]["all_models"]["n"] == 24
     probes = pd.read_csv(per_model_study / "results/probing/probes.csv")
     assert set(probes["task"]) == {"base_vs_instruct", "prompt_type", "self_reference_content"}
-    # no family has both variants, but the two tiny models share a hidden size: only that subset exists
-    assert set(probes.loc[probes["task"] == "base_vs_instruct", "subset"]) == {"hidden_size=32"}
+    # no family has both variants, but the tiny models share a hidden size: in each condition only that subset
+    assert set(probes.loc[probes["task"] == "base_vs_instruct", "subset"]) == {
+        "hidden_size=32", "shared_frame: hidden_size=32"}
     summary = json.loads((per_model_study / "results/statistics/probing_statistics.json").read_text())
     assert "grouped by prompt_id" in summary["folds"]
+
+
+FIGURES = ("keyword_scores", "judge_scores", "agreement", "first_token_entropy", "entropy_profiles",
+           "probe_accuracy", "activation_embeddings")
+
+
+def test_report_has_its_sections_figures_and_an_html_twin(per_model_study):
+    report = (per_model_study / "results/report.md").read_text()
+    for heading in ("## Design", "## Headline results", "## Caveats", "## Keyword content coding", "## LLM judge",
+                    "### Keyword coder vs judge", "## Token entropy", "## Activation geometry and linear probes",
+                    "## Mixed-effects models", "### Not estimable in this design", "## Provenance"):
+        assert f"\n{heading}" in report, heading
+    for name in FIGURES:
+        assert (per_model_study / f"results/figures/{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert f"(figures/{name}.png)" in report
+    assert "confounded with family" in report and f"| {TWIN} |" in report and "Shared-frame condition: on" in report
+    embeddings = pd.read_csv(per_model_study / "results/probing/embeddings.csv")
+    assert set(embeddings["method"]) == {"pca", "umap"} and set(embeddings["hidden_state_index"]) == {2}
+    assert len(embeddings) == 2 * 3 * 4 * 2  # methods x models x prompts x reps
+    snakemake(per_model_study, "--report", "report.html")
+    html = (per_model_study / "report.html").read_text()
+    assert all(f"{name}.png" in html for name in FIGURES) and "report.md" in html
+
+
+def test_embeddings_figures_and_report_are_reproduced_byte_for_byte(per_model_study):
+    paths = [per_model_study / f"results/figures/{name}.png" for name in FIGURES] + [
+        per_model_study / "results/report.md", per_model_study / "results/probing/embeddings.csv"]
+    before = {path: path.read_bytes() for path in paths}
+    snakemake(per_model_study, "--forcerun", "embeddings")
+    assert [path for path in paths if path.read_bytes() != before[path]] == []
 
 
 def test_changing_the_lexicon_reruns_coding_and_what_follows_only(per_model_study):
     lexicon = per_model_study / "lexicon.yaml"
     lexicon.write_text(lexicon.read_text().replace("description:", "description: (edited)", 1))
     assert planned_rules(snakemake(per_model_study, "--dry-run")) == [
-        "agreement_statistics", "code_keywords", "code_keywords", "content_statistics", "probes"]
+        "agreement_statistics", *["code_keywords"] * 3, "content_statistics", "figures", "probes", "report"]
     snakemake(per_model_study)
 
 
 def test_forcerun_trace_reruns_tracing_and_only_what_follows_it(per_model_study):
-    assert planned_rules(snakemake(per_model_study, "--dry-run", "-R", "trace")) == ["probes", "trace", "trace"]
+    assert planned_rules(snakemake(per_model_study, "--dry-run", "-R", "trace")) == [
+        "embeddings", "figures", "probes", "report", *["trace"] * 3]
 
 
 def test_rerun_reproduces_generations_bit_for_bit(per_model_study):
@@ -155,19 +207,20 @@ def test_editing_one_prompt_reruns_only_its_jobs(per_prompt_study):
     models = ("tiny-base", "tiny-instruct")
     model_jobs = [(rule, f"model={m}, prompt=self_reference_01") for rule in ("generate", "trace") for m in models]
     analysis = [(rule, f"model={m}") for rule in ("code_keywords", "judge") for m in models] + [
-        ("content_statistics", ""), ("entropy_statistics", ""), ("agreement_statistics", ""), ("probes", "")]
+        ("content_statistics", ""), ("entropy_statistics", ""), ("agreement_statistics", ""), ("probes", ""),
+        ("embeddings", ""), ("figures", ""), ("report", "")]
     assert sorted(jobs) == sorted(model_jobs + analysis)
 
 
 def test_editing_one_prompt_reruns_its_model_jobs_at_model_granularity(per_model_study):
     edit_prompt(per_model_study, "self_reference_01")
     assert planned_rules(snakemake(per_model_study, "--dry-run")) == [
-        "agreement_statistics", "code_keywords", "code_keywords", "content_statistics", "entropy_statistics",
-        "generate", "generate", "judge", "judge", "probes", "trace", "trace"]
+        "agreement_statistics", *["code_keywords"] * 3, "content_statistics", "embeddings", "entropy_statistics",
+        "figures", *["generate"] * 3, *["judge"] * 3, "probes", "report", *["trace"] * 3]
     snakemake(per_model_study)
 
 
-@pytest.mark.parametrize("granularity, jobs", [("model", 16), ("prompt", 640)])
+@pytest.mark.parametrize("granularity, jobs", [("model", 24), ("prompt", 960)])
 def test_seed_study_dry_run_plans_every_output_without_loading_models(granularity, jobs, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
@@ -178,11 +231,12 @@ def test_seed_study_dry_run_plans_every_output_without_loading_models(granularit
     )
     assert result.returncode == 0, result.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
-    assert (counts["prepare_model"], counts["generate"], counts["trace"]) == ("16", str(jobs), str(jobs))
+    # 16 models and the 8 shared-frame twins of the instruct models
+    assert (counts["prepare_model"], counts["generate"], counts["trace"]) == ("24", str(jobs), str(jobs))
     outputs = re.findall(r"^    output: (.*)$", result.stdout, flags=re.M)
     planned_files = {path for line in outputs for path in line.split(", ")}
     for kind, suffix in (("generations", ".json"), ("entropy", ".h5"), ("activations", ".h5")):
-        assert len([p for p in planned_files if p.startswith(f"results/{kind}/") and p.endswith(suffix)]) == 640
+        assert len([p for p in planned_files if p.startswith(f"results/{kind}/") and p.endswith(suffix)]) == 960
     assert not (tmp_path / "results").exists()  # planning ran no job and loaded no model
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from .coding import code_table, load_lexicon
-from .probing import activation_layouts, pooled_activations, probe_tasks
-from .records import completion_rows, design_columns, write_csv
+from .probing import activation_layouts, embed, pooled_activations, probe_tasks
+from .records import completion_rows, condition_tables, design_columns, write_csv
 from .statistics import agreement, bootstrap_ci, content_statistics, mixed_effects, scaling
 from .storage import versions, write_json
 
@@ -37,13 +37,25 @@ def _records(frame):
     return json.loads(frame.to_json(orient="records"))
 
 
+def comparisons_by_condition(table, dimensions, n_resamples, seed):
+    """content_statistics per condition (a `condition` column; Holm within each): the native
+    frame in full, and the shared frame's instruct-vs-base rows when the design has them."""
+    parts = []
+    for name, rows in condition_tables(table).items():
+        part = content_statistics(rows, dimensions, n_resamples, seed, base_contrast=name == "native")
+        parts.append(part.assign(condition=name))
+    return pd.concat(parts, ignore_index=True)
+
+
 def run_content_statistics(coding_paths, outputs, settings):
-    """content_statistics.csv, mixed_effects.json and scaling_statistics.json over all models."""
+    """content_statistics.csv (both conditions), mixed_effects.json and scaling_statistics.json
+    (native frame) over all models."""
     table = pd.concat([pd.read_csv(path) for path in coding_paths], ignore_index=True)
     n_resamples, seed = settings["bootstrap_resamples"], settings["seed"]
-    write_csv(outputs["content"], content_statistics(table, DIMENSIONS, n_resamples, seed))
+    write_csv(outputs["content"], comparisons_by_condition(table, DIMENSIONS, n_resamples, seed))
+    table = condition_tables(table)["native"]
     provenance = {
-        "models": sorted(table["model"].unique()), "n_completions": len(table),
+        "condition": "native", "models": sorted(table["model"].unique()), "n_completions": len(table),
         "lexicon_sha256": sorted(table["lexicon_sha256"].unique()), "versions": versions(),
     }
     write_json(outputs["mixed_effects"], {
@@ -82,7 +94,7 @@ def describe_by_model(table, measures, n_resamples, seed):
     """Mean and percentile-bootstrap CI of each measure per model and prompt type (descriptive)."""
     rows = []
     for (model, prompt_type), group in table.groupby(["model", "prompt_type"], sort=True):
-        design = group.iloc[0][["family", "size_b", "variant"]].to_dict()
+        design = group.iloc[0][["family", "size_b", "variant", "condition"]].to_dict()
         for measure in measures:
             mean, low, high = bootstrap_ci(group[measure], np.mean, n_resamples, seed=seed)
             rows.append({"comparison": "descriptive", "dimension": measure, "model": model,
@@ -101,7 +113,7 @@ def run_entropy_statistics(entropy_paths, outputs, settings):
     parts = [
         analysis(table, measures, n_resamples, seed)
         for table, measures in ((per_prompt, FIRST_TOKEN_MEASURES), (completions, COMPLETION_MEASURES))
-        for analysis in (describe_by_model, content_statistics)
+        for analysis in (describe_by_model, comparisons_by_condition)
     ]
     write_csv(outputs["statistics"], pd.concat(parts, ignore_index=True))
     profile = (positions.groupby(["model", "family", "variant", "prompt_type", "position"], sort=True)
@@ -158,3 +170,24 @@ def run_probes(activation_paths, coding_paths, judge_paths, outputs, settings):
         "best_layer_per_task": _records(best),
         "not_estimable": _records(table[~table["estimable"].astype(bool)][["task", "subset", "reason"]].drop_duplicates()),
     })
+
+
+def mid_layer_index(indices, n_layers):
+    """The stored hidden-state index nearest the middle of the network."""
+    return min(indices, key=lambda index: (abs(index / n_layers - 0.5), index))
+
+
+def run_embeddings(activation_paths, output_path, settings):
+    """embeddings.csv: 2-D PCA and UMAP coordinates of each completion's mid-layer activations
+    (mean over its response tokens), one embedding per activation layout (hidden size, layers)."""
+    tables = []
+    for (hidden_size, n_layers, indices), paths in activation_layouts(activation_paths).items():
+        features, meta = pooled_activations(paths)
+        index = mid_layer_index(indices, n_layers)
+        for method in ("pca", "umap"):
+            if method == "umap" and len(meta) < 4:
+                continue  # too few completions for a neighbourhood graph
+            xy = embed(features[index], method, seed=settings["seed"])
+            tables.append(meta.assign(method=method, hidden_state_index=index, layer_fraction=index / n_layers,
+                                      layout=f"hidden size {hidden_size}, {n_layers} layers", x=xy[:, 0], y=xy[:, 1]))
+    write_csv(output_path, pd.concat(tables, ignore_index=True))

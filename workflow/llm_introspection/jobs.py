@@ -206,9 +206,15 @@ def run_judge(manifest_path, generation_paths, prompt_paths, rubric_paths, outpu
     write_csv(output_path, table)
 
 
-def run_prepare(name, spec, manifest_path):
-    """prepare_model: build or locate the weights and write the manifest."""
+def run_prepare(name, spec, manifest_path, shared_manifest_paths=()):
+    """prepare_model: build or locate the weights and write the manifest; a twin of the
+    shared-frame condition (one `shared_manifest_paths`) reuses its original's weights."""
     started = time.perf_counter()
-    manifest = prepare_model(name, spec, Path(manifest_path).parent)
+    if shared_manifest_paths:
+        (shared,) = shared_manifest_paths
+        original = read_json(shared)
+        manifest = original | {"name": name, "frame": spec["frame"], "twin_of": original["name"]}
+    else:
+        manifest = prepare_model(name, spec, Path(manifest_path).parent)
     log(f"prepared {name} ({manifest['revision']}) in {time.perf_counter() - started:.1f} s")
     write_json(manifest_path, manifest)

@@ -26,9 +26,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .errors import InputError
+from .records import condition, condition_tables
 from .statistics import VARIANTS, families_with_both_variants, holm
 
-MODEL_FIELDS = ("family", "size_b", "variant", "hidden_size", "n_layers")
+MODEL_FIELDS = ("family", "size_b", "variant", "frame", "hidden_size", "n_layers")
 LABEL_KEYS = ["model", "prompt_id", "rep"]
 RESULT_COLUMNS = (
     "hidden_state_index", "layer_fraction", "accuracy", "balanced_accuracy", "majority_baseline",
@@ -106,7 +107,7 @@ def pooled_activations(paths, include_prompt=False):
                 for index, vector in zip(indices, mean):
                     pooled[index].append(vector)
                 rows.append({
-                    "model": model["name"], **{k: model[k] for k in MODEL_FIELDS}, **prompt,
+                    "model": model["name"], **{k: model[k] for k in MODEL_FIELDS}, "condition": condition(model), **prompt,
                     "rep": int(_attr(h5[name], "rep", path)), "seed": int(_attr(h5[name], "seed", path)),
                 })
     features = {index: np.array(vectors, dtype=np.float32) for index, vectors in pooled.items()}
@@ -245,11 +246,17 @@ def _run_subsets(task, subsets, features, meta, target, no_subset_reason, **prob
 
 
 def _variant_subsets(meta):
-    """Families with both variants, and hidden sizes with both variants spanning several families."""
-    subsets = [(f"family={f}", meta["family"] == f) for f in families_with_both_variants(meta)]
-    for size, rows in meta.groupby("hidden_size"):
-        if set(rows["variant"]) >= set(VARIANTS) and rows["family"].nunique() > 1:
-            subsets.append((f"hidden_size={size}", meta["hidden_size"] == size))
+    """Per condition (native frame; shared frame, when present): the families with both variants,
+    and the hidden sizes with both variants spanning several families."""
+    subsets = []
+    for name, rows in condition_tables(meta).items():
+        prefix = "" if name == "native" else f"{name}: "
+        in_condition = meta.index.isin(rows.index)
+        subsets += [(f"{prefix}family={f}", in_condition & (meta["family"] == f))
+                    for f in families_with_both_variants(rows)]
+        for size, sized in rows.groupby("hidden_size"):
+            if set(sized["variant"]) >= set(VARIANTS) and sized["family"].nunique() > 1:
+                subsets.append((f"{prefix}hidden_size={size}", in_condition & (meta["hidden_size"] == size)))
     return subsets
 
 
@@ -274,7 +281,8 @@ def probe_tasks(features, meta, extra_labels=None, **probe_options):
     """The study's probes over every hidden-state index, as one tidy table (TABLE_COLUMNS).
 
     - base_vs_instruct: variant, within each family that has both variants, and within each
-      hidden size that has both variants across more than one family;
+      hidden size that has both variants across more than one family; in the native frame and,
+      when the meta has shared-frame rows, on identical input text (subsets 'shared_frame: ...');
     - prompt_type: the 4 prompt types, within each model;
     - self_reference_content: code >= 1 for each label column of `extra_labels` (a table keyed by
       model, prompt_id, rep, e.g. keyword_self_reference 0-3), within each model; completions

@@ -3,11 +3,28 @@
 from .storage import atomic_path, read_json
 
 
+def condition(model):
+    """The model's input condition: 'shared_frame' for an instruct model given the base
+    continuation frame, else 'native' (a base model's native frame is the base frame)."""
+    return "shared_frame" if model["variant"] == "instruct" and model["frame"] == "base" else "native"
+
+
+def condition_tables(table):
+    """The rows each condition compares, by its `condition` column: 'native' (models in their
+    native frame) and, when the table has shared-frame rows, 'shared_frame' (base models and the
+    shared-frame instruct models: every model saw identical input text)."""
+    tables = {"native": table[table["condition"] == "native"]}
+    if (table["condition"] == "shared_frame").any():
+        tables["shared_frame"] = table[(table["condition"] == "shared_frame") | (table["variant"] == "base")]
+    return tables
+
+
 def design_columns(model, prompt):
     """The design columns a model record and a prompt record give every completion."""
     return {
         "model": model["name"], "family": model["family"], "size_b": model["size_b"],
-        "variant": model["variant"], "prompt_id": prompt["id"], "prompt_type": prompt["type"],
+        "variant": model["variant"], "condition": condition(model),
+        "prompt_id": prompt["id"], "prompt_type": prompt["type"],
     }
 
 

@@ -190,8 +190,9 @@ def _base_self_reference_vs_topic_control_row(table, n_resamples, seed):
     return _comparison_row(a, b, meta, n_resamples, seed)
 
 
-def content_statistics(table, dimensions, n_resamples=10000, seed=0):
-    """Instruct vs base per (dimension, prompt type), plus the base self-reference vs topic-control headline.
+def content_statistics(table, dimensions, n_resamples=10000, seed=0, base_contrast=True):
+    """Instruct vs base per (dimension, prompt type), plus (`base_contrast`) the base
+    self-reference vs topic-control headline.
 
     Instruct vs base pools the completions of the families that have both variants for that prompt
     type (`families_with_pairs`); without any, the row carries NaN statistics and a `note`. The
@@ -202,7 +203,7 @@ def content_statistics(table, dimensions, n_resamples=10000, seed=0):
     prompt_types = [t for t in PROMPT_TYPES if t in set(table["prompt_type"])]
     specs = [(d, t) for d in dimensions for t in prompt_types]
     rows = [_instruct_vs_base_row(table, d, t, n_resamples, seed + i) for i, (d, t) in enumerate(specs)]
-    if "self_reference" in dimensions:
+    if base_contrast and "self_reference" in dimensions:
         rows.append(_base_self_reference_vs_topic_control_row(table, n_resamples, seed + len(specs)))
     result = pd.DataFrame(rows).reindex(columns=list(COMPARISON_COLUMNS))
     adjusted, reject = holm(result["p_value"].to_numpy(dtype=float))

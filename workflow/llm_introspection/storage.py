@@ -13,7 +13,10 @@ import h5py
 
 from . import __version__
 
-_PACKAGES = ("torch", "transformers", "accelerate", "numpy", "h5py", "gguf", "safetensors")
+_PACKAGES = (
+    "torch", "transformers", "accelerate", "numpy", "h5py", "gguf", "safetensors", "scipy", "pandas",
+    "statsmodels", "pingouin", "scikit-learn", "umap-learn", "matplotlib", "seaborn",
+)
 
 
 @contextmanager
@@ -33,6 +36,12 @@ def atomic_path(path):
             shutil.rmtree(tmp)
         elif tmp.exists():
             tmp.unlink()
+
+
+def write_text(path, text):
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path, data):

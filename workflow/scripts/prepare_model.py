@@ -6,4 +6,4 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspecti
 
 from llm_introspection.jobs import run_prepare
 
-run_prepare(snakemake.wildcards.model, snakemake.params.spec, snakemake.output.manifest)
+run_prepare(snakemake.wildcards.model, snakemake.params.spec, snakemake.output.manifest, snakemake.input.shared)

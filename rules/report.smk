@@ -1,0 +1,98 @@
+FIGURES = (
+    "keyword_scores",
+    "judge_scores",
+    "agreement",
+    "first_token_entropy",
+    "entropy_profiles",
+    "probe_accuracy",
+    "activation_embeddings",
+)
+
+
+rule embeddings:
+    input:
+        activations=expand(
+            "results/activations/{model}/{prompt}.h5", model=MODELS, prompt=PROMPT_IDS
+        ),
+    output:
+        "results/probing/embeddings.csv",
+    log:
+        "results/logs/embeddings.log",
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    params:
+        probing=config["probing"],
+    script:
+        "../workflow/scripts/embeddings.py"
+
+
+rule figures:
+    input:
+        coding=expand("results/coding/keyword/{model}.csv", model=MODELS),
+        judge=expand("results/judge/{model}.csv", model=MODELS),
+        entropy_statistics="results/statistics/entropy_statistics_enhanced.csv",
+        entropy_profiles="results/statistics/entropy_profiles.csv",
+        probes="results/probing/probes.csv",
+        embeddings="results/probing/embeddings.csv",
+    output:
+        **{
+            name: report(
+                f"results/figures/{name}.png",
+                caption=f"../report/captions/{name}.rst",
+                category="Figures",
+            )
+            for name in FIGURES
+        },
+    log:
+        "results/logs/figures.log",
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    params:
+        seed=config["statistics"]["seed"],
+    script:
+        "../workflow/scripts/figures.py"
+
+
+rule report:
+    input:
+        generations=expand(
+            "results/generations/{model}/{prompt}.json",
+            model=MODELS,
+            prompt=PROMPT_IDS[0],
+        ),
+        coding=expand("results/coding/keyword/{model}.csv", model=MODELS),
+        judge=expand("results/judge/{model}.csv", model=MODELS),
+        content="results/statistics/content_statistics.csv",
+        mixed_effects="results/statistics/mixed_effects.json",
+        scaling="results/statistics/scaling_statistics.json",
+        entropy="results/statistics/entropy_statistics_enhanced.csv",
+        agreement="results/statistics/agreement_statistics.json",
+        probing="results/statistics/probing_statistics.json",
+        figures=expand("results/figures/{name}.png", name=FIGURES),
+    output:
+        report(
+            "results/report.md",
+            caption="../report/captions/report.rst",
+            category="Report",
+        ),
+    log:
+        "results/logs/report.log",
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    params:
+        settings={
+            key: config[key]
+            for key in (
+                "study",
+                "generation",
+                "conditions",
+                "judge",
+                "coding",
+                "statistics",
+            )
+        },
+    script:
+        "../workflow/scripts/report.py"

@@ -1,0 +1,242 @@
+"""results/report.md: the design, every headline number with its CI and control, the figures,
+and the caveats the data demand, written from the workflow's own output files."""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .analysis import DIMENSIONS, describe_by_model
+from .prompts import PROMPT_TYPES
+from .storage import read_json, versions, write_text
+
+JUDGE_DIMENSIONS = (*DIMENSIONS, "introspective_depth")
+
+
+def _number(value, digits=2):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _interval(mean, low, high, digits=2):
+    """'mean [low, high]', or a dash when the estimate is missing."""
+    if mean is None or pd.isna(mean):
+        return "–"
+    return f"{mean:.{digits}f} [{_number(low, digits)}, {_number(high, digits)}]"
+
+
+def markdown_table(frame):
+    """A DataFrame as a GitHub-flavoured markdown table (cells as given, floats rounded)."""
+    cells = frame.map(lambda v: _number(v, 3) if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _figure(name, caption):
+    return f"![{caption}](figures/{name}.png)\n\n*{caption}*"
+
+
+def _design(settings, models, coded):
+    generation = settings["generation"]
+    prompts = coded.drop_duplicates("prompt_id")["prompt_type"].value_counts()
+    table = pd.DataFrame([{
+        "model": m["name"], "family": m["family"], "size (B)": m["size_b"], "variant": m["variant"],
+        "frame": m["frame"], "source": _source(m["source"]), "revision": str(m["revision"])[:19],
+        "dtype": m["dtype"], "device": m["device"],
+    } for m in models])
+    shared = settings["conditions"]["shared_frame"]
+    return "\n\n".join([
+        "## Design",
+        f"{prompts.sum()} prompts ({', '.join(f'{prompts[t]} {t}' for t in PROMPT_TYPES if t in prompts)}), "
+        f"{generation['reps']} samples each (seed {generation['seed']} + sample index), up to "
+        f"{generation['max_new_tokens']} new tokens at temperature {generation['temperature']}, top-p "
+        f"{generation['top_p']}. Instruct models in their native frame receive the chat-templated request; base "
+        "models a continuation frame that contains the request verbatim.",
+        f"Shared-frame condition: {'on: every instruct model also ran as a `-base-frame` twin on the base models’ input text' if shared else 'off (`conditions.shared_frame`)'}.",
+        markdown_table(table),
+        f"Judge: `{settings['judge']['model']}` with the rubric `{settings['judge']['rubric']}`; bootstrap CIs use "
+        f"{settings['statistics']['bootstrap_resamples']} resamples (seed {settings['statistics']['seed']}).",
+    ])
+
+
+def _source(source):
+    name = source.get("id") or source.get("package") or source.get("path") or "random"
+    return f"{source['kind']}: {Path(str(name)).name}"
+
+
+def _headlines(content):
+    rows = content[content["headline"].fillna("") != ""]
+    table = pd.DataFrame([{
+        "headline": r["label"], "condition": r["condition"], "n": f"{r['n_a']:.0f} vs {r['n_b']:.0f}",
+        "means": f"{_number(r['mean_a'])} vs {_number(r['mean_b'])}",
+        "ratio [95% CI]": _interval(r["ratio"], r["ratio_low"], r["ratio_high"]),
+        "Cohen's d [95% CI]": _interval(r["cohens_d"], r["cohens_d_low"], r["cohens_d_high"]),
+        "p (Holm)": _number(r["p_holm"], 3), "note": r["note"] if isinstance(r["note"], str) else "",
+    } for _, r in rows.iterrows()])
+    return "## Headline results\n\n" + markdown_table(table)
+
+
+def interval_table(described, measures, names):
+    """Descriptive rows (model, prompt_type, dimension, mean_a with CI) as one row per model and
+    prompt type, one 'mean [low, high]' column per measure."""
+    cells = described.assign(cell=[_interval(r.mean_a, r.mean_a_low, r.mean_a_high) for r in described.itertuples()])
+    wide = cells.pivot_table(index=["model", "prompt_type"], columns="dimension", values="cell", aggfunc="first")
+    wide = wide.reindex(columns=list(measures)).rename(columns=dict(zip(measures, names))).reset_index()
+    wide["prompt_type"] = pd.Categorical(wide["prompt_type"], PROMPT_TYPES)
+    return markdown_table(wide.sort_values(["model", "prompt_type"]))
+
+
+def _descriptives(table, measures, names, seed, n_resamples):
+    return interval_table(describe_by_model(table, measures, n_resamples, seed), measures, names)
+
+
+def _comparisons(content, title):
+    rows = content[content["comparison"].str.startswith("instruct_vs_base")]
+    estimable = rows[rows["n_a"] > 0]
+    if estimable.empty:
+        notes = sorted(set(rows["note"].dropna()))
+        return f"{title}: not estimable ({'; '.join(notes)})."
+    table = pd.DataFrame([{
+        "dimension": r["dimension"], "prompt type": r["prompt_type"], "condition": r["condition"],
+        "families": r["families_with_pairs"], "instruct − base [95% CI]": _interval(r["diff"], r["diff_low"], r["diff_high"]),
+        "d [95% CI]": _interval(r["cohens_d"], r["cohens_d_low"], r["cohens_d_high"]),
+        "p (Holm)": _number(r["p_holm"], 3),
+    } for _, r in estimable.iterrows()])
+    return f"{title}:\n\n" + markdown_table(table)
+
+
+def _agreement(agreement):
+    rows = []
+    for dimension, result in agreement["dimensions"].items():
+        a = result["all_models"]
+        rows.append({
+            "dimension": dimension, "n": a["n"], "Pearson r": a["pearson_r"], "Spearman ρ": a["spearman_rho"],
+            "weighted κ": a["kappa_quadratic"], "ICC(2,1) [95% CI]": _interval(a["icc2_1"], a["icc2_1_low"], a["icc2_1_high"]),
+            "exact": a["exact_agreement"], "within 1": a["within_one_agreement"],
+        })
+    return markdown_table(pd.DataFrame(rows))
+
+
+def _probes(probing):
+    best = pd.DataFrame(probing["best_layer_per_task"])
+    if best.empty:
+        return "No probe was estimable."
+    table = best.assign(
+        layer=best["hidden_state_index"].astype(int).astype(str) + " (" + best["layer_fraction"].map(_number) + ")",
+        n=best["n"].astype(int), n_groups=best["n_groups"].astype(int),
+    )[["task", "subset", "layer", "accuracy", "shuffled_control", "majority_baseline", "n", "n_groups", "p_holm"]]
+    return markdown_table(table.rename(columns={"shuffled_control": "shuffled labels", "majority_baseline": "majority"}))
+
+
+def _not_estimable(probing, mixed, scaling):
+    lines = [f"- probe `{r['task']}`{' (' + r['subset'] + ')' if r['subset'] else ''}: {r['reason']}"
+             for r in probing["not_estimable"]]
+    for dimension, fits in mixed["dimensions"].items():
+        lines += [f"- mixed model `{name}` ({dimension}): {fit['reason']}" for name, fit in fits.items() if not fit["estimable"]]
+    for dimension, parts in scaling["dimensions"].items():
+        lines += [f"- scaling ({dimension}), family {s['family']}: {s['reason']}" for s in parts["skipped"]]
+    return "\n".join(lines) if lines else "Every analysis was estimable."
+
+
+def _scaling(scaling):
+    rows = [{"dimension": d, **trend} for d, parts in scaling["dimensions"].items() for trend in parts["trends"]]
+    if not rows:
+        return "Scaling of the instruct − base gap: no family has two sizes with both variants."
+    return "Within-family scaling of the instruct − base gap (Spearman over sizes):\n\n" + markdown_table(pd.DataFrame(rows))
+
+
+def _mixed_effects(mixed):
+    rows = []
+    for dimension, fits in mixed["dimensions"].items():
+        for name, fit in fits.items():
+            if fit["estimable"]:
+                for term, c in fit["coefficients"].items():
+                    rows.append({"dimension": dimension, "model": name, "term": term,
+                                 "coef [95% CI]": _interval(c["coef"], c["ci_low"], c["ci_high"]), "p": c["p"]})
+    return markdown_table(pd.DataFrame(rows)) if rows else "No mixed-effects model was estimable (see below)."
+
+
+def caveats(models, coded, judged, content, settings):
+    """The caveats this run's data demand, as sentences."""
+    found = []
+    if not (content["comparison"].eq("instruct_vs_base") & (content["n_a"] > 0)).any():
+        found.append("No family has both a base and an instruct model: every difference between variants here is "
+                     "confounded with family (architecture, tokenizer, training data), so no instruct-vs-base effect is "
+                     "estimated; the per-model numbers are descriptive only.")
+    small = [m["name"] for m in models if m["size_b"] < 1]
+    if small:
+        found.append(f"{len(small)} of {len(models)} models have under 1B parameters ({', '.join(small)}): they are not "
+                     "expected to introspect; treat their scores as a test of the pipeline, not of the hypothesis.")
+    per_type = coded.drop_duplicates("prompt_id")["prompt_type"].value_counts().min()
+    found.append(f"{per_type} prompt(s) per type and {settings['generation']['reps']} samples per prompt: samples of "
+                 "one prompt are not independent, so the prompt is the unit that limits generalisation (probe folds "
+                 "are grouped by prompt; the mixed models' random effect is the family).")
+    mass = judged[[f"judge_{d}_option_mass" for d in JUDGE_DIMENSIONS]].to_numpy().mean()
+    found.append(f"The judge put on average {mass:.0%} of its next-token probability on the allowed answers 0-3; "
+                 "scores are its expectation over those answers. A small judge is a weak rater: read the agreement "
+                 "table before trusting its levels.")
+    if settings["judge"]["model"] in set(coded["model"]):
+        found.append(f"The judge ({settings['judge']['model']}) also rates its own completions.")
+    truncated = int(judged["judge_truncated"].sum())
+    if truncated:
+        found.append(f"{truncated} completion(s) were truncated to fit the judge's context (flag `judge_truncated`).")
+    found.append("A probe's majority baseline under prompt-grouped folds can fall below chance (the held-out "
+                 "prompts' class is under-represented in training); compare accuracy with the shuffled-label "
+                 "control, which uses the same folds.")
+    return found
+
+
+def write_report(inputs, output_path, settings):
+    """Write the markdown report from the workflow's files (`inputs`: named paths/lists)."""
+    models = [read_json(path)["model"] for path in inputs["generations"]]
+    coded = pd.concat([pd.read_csv(p) for p in inputs["coding"]], ignore_index=True)
+    judged = pd.concat([pd.read_csv(p) for p in inputs["judge"]], ignore_index=True)
+    content = pd.read_csv(inputs["content"])
+    entropy = pd.read_csv(inputs["entropy"])
+    agreement, probing = read_json(inputs["agreement"]), read_json(inputs["probing"])
+    mixed, scaling = read_json(inputs["mixed_effects"]), read_json(inputs["scaling"])
+    seed, n_resamples = settings["statistics"]["seed"], settings["statistics"]["bootstrap_resamples"]
+    judge_columns = [f"judge_{d}" for d in JUDGE_DIMENSIONS]
+    first_token = ("first_token_entropy_t1", "first_token_entropy_sampling")
+    sections = [
+        f"# Introspection study `{settings['study']}`: report",
+        "Written by the workflow's `report` rule from the files in `results/`; every number below is in "
+        "`results/statistics/` with its full precision. Intervals are 95% percentile bootstrap CIs.",
+        _design(settings, models, coded),
+        _headlines(content),
+        "## Caveats\n\n" + "\n".join(f"- {c}" for c in caveats(models, coded, judged, content, settings)),
+        "## Keyword content coding\n\nLevels 0-3 from the lexicon `" + settings["coding"]["lexicon"] + "` (rules next "
+        "to its patterns); mean per model and prompt type.",
+        _figure("keyword_scores", "Keyword scores by model and prompt type (95% bootstrap CIs over completions)."),
+        _descriptives(coded, DIMENSIONS, DIMENSIONS, seed, n_resamples),
+        _comparisons(content, "Instruct vs base (pooled over families with both variants, Holm within each condition)"),
+        "## LLM judge",
+        _figure("judge_scores", "Judge scores (expected level over the answer tokens 0-3)."),
+        _descriptives(judged, judge_columns, JUDGE_DIMENSIONS, seed, n_resamples),
+        "### Keyword coder vs judge",
+        _agreement(agreement),
+        _figure("agreement", "Keyword level against the judge's most probable level, counts."),
+        "## Token entropy",
+        _figure("first_token_entropy", "First-token entropy per model and prompt type (one value per prompt)."),
+        _figure("entropy_profiles", "Mean entropy by position at T=1 and of the sampling distribution."),
+        "First-token entropy (nats; once per prompt) at T=1 and of the sampling distribution:",
+        interval_table(entropy[entropy["comparison"] == "descriptive"], first_token, ("T=1", "sampling")),
+        _comparisons(entropy, "Instruct vs base entropy"),
+        "## Activation geometry and linear probes",
+        _figure("activation_embeddings", "PCA and UMAP of mid-layer activations (mean over response tokens)."),
+        _figure("probe_accuracy", "Probe accuracy by depth (solid), shuffled-label control (dashed), majority "
+                                  "baseline (dotted); folds grouped by prompt."),
+        "Best layer per task and subset (accuracy with its controls; p from the label permutations, Holm-corrected "
+        "over layers):",
+        _probes(probing),
+        "## Mixed-effects models (family as random effect) and scaling",
+        _mixed_effects(mixed),
+        _scaling(scaling),
+        "### Not estimable in this design",
+        _not_estimable(probing, mixed, scaling),
+        "## Provenance",
+        markdown_table(pd.DataFrame([{"package": k, "version": v} for k, v in versions().items() if v])),
+    ]
+    write_text(output_path, "\n\n".join(sections) + "\n")
