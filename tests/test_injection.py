@@ -1,6 +1,7 @@
 """Concept injection experiments: resources, prompts, steered readouts and sampling, records, grading."""
 
 import copy
+import json
 import math
 import re
 from contextlib import contextmanager
@@ -18,21 +19,24 @@ from llm_introspection.concepts import (
 )
 from llm_introspection.errors import InputError
 from llm_introspection.injection import (
-    CRITERIA, Trial, answer_start, detection_prompt, first_token_ids, grade_responses, load_detection_texts,
-    load_grading_rubric, load_localization_texts, localization_prompt, open_cell, option_answers, read_options,
-    read_records, run_detection_logits, run_detection_responses, run_forced_identification, run_localization,
-    write_records,
+    CRITERIA, INSTRUCTIONS, Trial, answer_start, detection_prompt, first_token_ids,
+    grade_responses, load_detection_texts, load_grading_rubric, load_localization_texts, load_thought_texts,
+    localization_prompt, open_cell, option_answers, provenance, read_continuations, read_options, read_records,
+    run_detection_logits, run_detection_responses, run_forced_identification, run_intentional_control,
+    run_localization, run_prefill_intent, run_thought_vs_text, write_records,
 )
 from llm_introspection.sampling import SamplingParams, eos_token_ids, sample_completions
 from llm_introspection.steering import Positions, steer, token_span
-from llm_introspection.tracing import decoder_layers
+from llm_introspection.tracing import capture_residual, decoder_layers
 
 DETECTION = REPO / "resources/injection/detection.yaml"
 LOCALIZATION = REPO / "resources/injection/localization.yaml"
 RUBRIC = REPO / "resources/injection/grading_rubric.yaml"
+THOUGHT = REPO / "resources/injection/thought_and_intent.yaml"
 DETECTION_SCHEMA = REPO / "config/schema/injection_detection.schema.yaml"
 LOCALIZATION_SCHEMA = REPO / "config/schema/injection_localization.schema.yaml"
 RUBRIC_SCHEMA = REPO / "config/schema/injection_grading_rubric.schema.yaml"
+THOUGHT_SCHEMA = REPO / "config/schema/injection_thought_and_intent.schema.yaml"
 SENTENCES = load_neutral_sentences(REPO / "resources/concepts/neutral_sentences.yaml",
                                    REPO / "config/schema/concepts_neutral_sentences.schema.yaml")
 ARCHITECTURES = {"llama": TINY_LLAMA, "gemma3": TINY_GEMMA3}
@@ -55,6 +59,11 @@ def rubric():
     return load_grading_rubric(RUBRIC, RUBRIC_SCHEMA)
 
 
+@pytest.fixture(scope="module")
+def thought():
+    return load_thought_texts(THOUGHT, THOUGHT_SCHEMA)
+
+
 @pytest.fixture(scope="module", params=ARCHITECTURES, ids=list(ARCHITECTURES))
 def tiny(request, tokenizer_dir, tmp_path_factory):
     return load_tiny(tokenizer_dir, ARCHITECTURES[request.param], tmp_path_factory.mktemp(request.param), "instruct")
@@ -66,7 +75,8 @@ def llama(tokenizer_dir, tmp_path_factory):
 
 
 def vector_file(path, names, vectors, layer, model="tiny"):
-    save_vectors(path, np.asarray(vectors, dtype=np.float32), names, model=model, layer=layer, method="mean_subtraction")
+    save_vectors(path, np.asarray(vectors, dtype=np.float32), names, model=model, layer=layer,
+                 method="mean_subtraction")
     return path
 
 
@@ -105,14 +115,16 @@ def token_id(tokenizer, token):
 
 # --- resources and prompts ----------------------------------------------------------------------
 
-def test_resources_validate(det, loc, rubric):
+def test_resources_validate(det, loc, rubric, thought):
     assert det.question.startswith("Trial 1:") and det.answer.options == ("Yes", "No")
     assert det.forced_prefill.endswith("The thought is about")
     assert loc.n_sentences == 5 and loc.introspection == "locate"
     assert set(loc.questions) == {"locate", "prefer", "abstract", "stands_out"}
     assert all(q.prefill.endswith("SENTENCE") for q in loc.questions.values())
     assert tuple(rubric.criteria) == CRITERIA and rubric.options == ("Yes", "No")
-    assert all(len(sha) == 64 for sha in (det.sha256, loc.sha256, rubric.sha256))
+    assert tuple(thought.instructions) == INSTRUCTIONS and thought.intent_answer.options == ("Yes", "No")
+    assert "{word}" in thought.instructions["think"] and "{word}" not in thought.instructions["neutral"]
+    assert all(len(sha) == 64 for sha in (det.sha256, loc.sha256, rubric.sha256, thought.sha256))
 
 
 def edited(tmp_path, source, edit):
@@ -138,6 +150,11 @@ def edited(tmp_path, source, edit):
      r"key 'criteria.identifies': no \{word\}"),
     (RUBRIC, RUBRIC_SCHEMA, load_grading_rubric, lambda d: d.update(user_template="{criterion}"),
      r"key 'user_template': no \{response\}"),
+    (THOUGHT, THOUGHT_SCHEMA, load_thought_texts,
+     lambda d: d["intentional_control"].update(dont_think='Write "{sentence}" without a thought.'),
+     r"key 'intentional_control.dont_think': no \{word\}"),
+    (THOUGHT, THOUGHT_SCHEMA, load_thought_texts, lambda d: d["thought_vs_text"].pop("thought_prefill"),
+     r"key 'thought_vs_text': 'thought_prefill' is a required property"),
 ])
 def test_bad_resources_name_the_file_and_key(tmp_path, source, schema, load, edit, message):
     path = edited(tmp_path, source, edit)
@@ -171,7 +188,8 @@ def test_localization_prompt_spans_cover_each_sentence(llama, loc):
 
 
 def test_token_span_maps_characters_to_tokens():
-    offsets = [(0, 0), (0, 5), (5, 11), (11, 12), (12, 16), (16, 20), (20, 24), (24, 25)]  # "<s>Hello world. The cat sat."
+    # "<s>Hello world. The cat sat."
+    offsets = [(0, 0), (0, 5), (5, 11), (11, 12), (12, 16), (16, 20), (20, 24), (24, 25)]
     assert token_span(offsets, 13, 25) == (4, 8)  # " The" starts at the space before the sentence
     assert token_span(offsets, 0, 5) == (1, 2)  # the special token's empty offsets never count
     with pytest.raises(ValueError, match="no token covers"):
@@ -356,7 +374,8 @@ def test_grading_prompts_name_the_concept_and_the_response(llama, rubric, det, m
     graded = grade_responses(model, tokenizer, RESPONSES, rubric, det.question)
     assert len(seen) == 4 + 2
     assert all(det.question in text and text.rstrip().endswith("Answer:") for text in seen)
-    assert all(RESPONSES[0]["text"] in text for text in seen[:4]) and all(RESPONSES[1]["text"] in text for text in seen[4:])
+    assert all(RESPONSES[0]["text"] in text for text in seen[:4])
+    assert all(RESPONSES[1]["text"] in text for text in seen[4:])
     assert 'about the word "snow"' in seen[2] and 'about the word "snow"' in seen[3] and "{word}" not in "".join(seen)
     assert graded[0]["p_identifies"] == pytest.approx(0.75) and graded[0]["identifies"] is True
     assert graded[1]["p_identifies"] is None and graded[1]["detected_and_identified"] is None
@@ -388,19 +407,24 @@ def test_localization_records_are_complete_and_reproducible(llama, loc, tmp_path
     other = run_localization(model, tokenizer, cell, loc, seed=2, **run)
     assert [r["sentence_ids"] for r in records] != [r["sentence_ids"] for r in other]
     for record in records:
-        assert record.keys() >= CELL_COLUMNS | TRIAL_COLUMNS | {"trial", "sentence_ids", "answer_probs", "injected_position"}
+        assert record.keys() >= CELL_COLUMNS | TRIAL_COLUMNS | {"trial", "sentence_ids", "answer_probs",
+                                                                "injected_position"}
         assert sum(record["answer_probs"]) == pytest.approx(1) and record["prediction"] in (1, 2, 3)
         assert record["prediction"] == 1 + int(np.argmax(record["answer_probs"]))
         assert record["introspection"] == (record["question"] == "locate")
         assert record["concept"] == ("Dust", "Snow", "Bread")[record["trial"] % 3]
         if record["kind"] == "control":
-            assert record["injected_position"] is None and record["correct"] is None and record["strength_absolute"] == 0
+            assert record["injected_position"] is None and record["correct"] is None
+            assert record["strength_absolute"] == 0
         else:
             assert record["correct"] == (record["prediction"] == record["injected_position"])
     path = tmp_path / "localization.json"
-    write_records(path, records, vectors=cell.provenance(), settings=run | {"sentences": None})
+    write_records(path, records, vectors=cell.provenance(), texts=provenance(loc), settings=run | {"sentences": None})
     table = read_records([path])
     assert len(table) == len(records) and table["strength_relative"].eq(cell.strength).all()
+    header = json.loads(path.read_text())
+    assert header["texts"] == {"path": str(LOCALIZATION), "version": 1, "sha256": loc.sha256}
+    assert header["vectors"]["layer"] == 2 and header["n_records"] == len(records) and header["versions"]["torch"]
 
 
 def test_bad_cells_are_refused(llama, loc, tmp_path):
@@ -409,7 +433,8 @@ def test_bad_cells_are_refused(llama, loc, tmp_path):
     with pytest.raises(InputError, match=rf"{cell.vector_path}: attribute 'model' is 'tiny', not model 'other'"):
         open_cell(cell.vector_path, "other", True, 1.0, 1.0)
     with pytest.raises(InputError, match=rf"{cell.vector_path}: no vector for 'Milk'"):
-        run_detection_logits(model, tokenizer, cell, load_detection_texts(DETECTION, DETECTION_SCHEMA), concepts=["Milk"])
+        run_detection_logits(model, tokenizer, cell, load_detection_texts(DETECTION, DETECTION_SCHEMA),
+                             concepts=["Milk"])
     with pytest.raises(InputError, match=r"no question 'where'"):
         run_localization(model, tokenizer, cell, loc, SENTENCES, 1, questions=["where"])
     with pytest.raises(InputError, match="2..9 sentences"):
@@ -417,6 +442,108 @@ def test_bad_cells_are_refused(llama, loc, tmp_path):
     zero = vector_file(tmp_path / "zero.h5", ["Dust"], np.zeros((1, model.config.hidden_size)), 2)
     with pytest.raises(InputError, match="Dust have no direction"):
         open_cell(zero, "tiny", True, 1.0, 1.0)
+
+
+# --- thought vs text, prefill intent, intentional control ---------------------------------------
+
+def test_continuations_in_a_padded_batch_equal_a_direct_forward(llama):
+    model, tokenizer = llama
+    prompts = [tokenizer("Repeat the line below.\n\nThe bus was late.")["input_ids"],
+               tokenizer("Say it: hi there")["input_ids"]]
+    answers = [tokenizer(" The bus was late.", add_special_tokens=False)["input_ids"],
+               tokenizer(" hi there", add_special_tokens=False)["input_ids"]]
+    vector = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(4)).numpy()
+    trials = [Trial(tuple(prompts[0] + answers[0]), 5, 9, vector, 20.0), Trial(tuple(prompts[1] + answers[1]))]
+    scored = read_continuations(model, 2, trials, [len(a) for a in answers], batch_size=2)
+    for trial, answer, (scores, hits) in zip(trials, answers, scored):
+        where = Positions.span(trial.start, trial.end)
+        with torch.no_grad(), steer(model, 2, vector, trial.strength if trial.vector is not None else 0.0, where):
+            log_probs = torch.log_softmax(model(input_ids=torch.tensor([trial.ids])).logits[0], -1)
+        predicted = log_probs[-len(answer) - 1 : -1]
+        expected = predicted[torch.arange(len(answer)), answer].numpy()
+        np.testing.assert_allclose(scores, expected, atol=1e-5)
+        assert hits.tolist() == (predicted.argmax(-1) == torch.tensor(answer)).tolist()
+    plain = read_continuations(model, 2, [Trial(trials[0].ids)], [len(answers[0])], batch_size=1)[0][0]
+    assert not np.allclose(scored[0][0], plain, atol=1e-3)
+
+
+def test_thought_vs_text_steers_the_sentence_only(llama, thought, tmp_path):
+    """Both questions steer exactly the tokens of the shown sentence; the repeated sentence (the
+    teacher-forced answer) and everything else are left alone."""
+    model, tokenizer = llama
+    cell = random_cell(model, tokenizer, tmp_path)
+    zero = open_cell(cell.vector_path, "tiny", True, 0.0, cell.mean_norm)
+    run = dict(sentences=SENTENCES, n_trials=2, seed=4, batch_size=64)
+    with recording(model, 2) as calls:
+        records = run_thought_vs_text(model, tokenizer, cell, thought, **run)
+    with recording(model, 2) as plain_calls:
+        run_thought_vs_text(model, tokenizer, zero, thought, **run)
+    assert [(r["question"], r["kind"], r["trial"]) for r in records] == [
+        (q, k, t) for q in ("thought", "text") for t in (0, 1) for k in ("injected", "control")]
+    for call, plain, rows in zip(calls, plain_calls, (records[:4], records[4:])):
+        for row, record in enumerate(rows):
+            difference = (call["state"][row] - plain["state"][row]).abs().sum(-1)
+            steered = difference.nonzero().flatten().tolist()
+            sentence = SENTENCES[record["sentence_id"]]
+            if record["kind"] == "control":
+                assert steered == []
+                continue
+            assert tokenizer.decode(call["ids"][row, steered]).strip() == sentence
+            if record["question"] == "text":
+                assert tokenizer.decode(call["ids"][row, -record["n_tokens"]:]).strip() == sentence
+                assert steered[-1] < call["ids"].shape[1] - record["n_tokens"]
+    for record in records:
+        assert record["concept"] == ("Dust", "Snow", "Bread")[record["trial"]]
+        if record["question"] == "thought":
+            assert record.keys() >= {"rank", "top1", "prediction", "candidate_mass"}
+        else:
+            assert record["exact"] == (record["token_accuracy"] == 1.0) and record["mean_logprob"] < 0
+
+
+def test_prefill_intent_prompts_and_unsteered_controls(llama, thought, tmp_path):
+    model, tokenizer = llama
+    cell = random_cell(model, tokenizer, tmp_path)
+    records = run_prefill_intent(model, tokenizer, cell, thought, SENTENCES, n_trials=2, seed=1)
+    assert [(r["kind"], r["concept"], r["injected_concept"]) for r in records] == [
+        ("injected", "Dust", "Dust"), ("mismatched", "Dust", "Snow"), ("control", "Dust", None),
+        ("injected", "Snow", "Snow"), ("mismatched", "Snow", "Bread"), ("control", "Snow", None)]
+    sentence = SENTENCES[records[0]["sentence_id"]]
+    messages = [f"{thought.word_question}\n\n{sentence}", "Dust", thought.follow_up]
+    ids, [span] = injection.conversation_ids(tokenizer, messages, True, [sentence], "Answer:", thought.path)
+    text = tokenizer.decode(ids)
+    assert f"{sentence}<|im_end|>\n<|im_start|>assistant\nDust<|im_end|>\n<|im_start|>user\n{thought.follow_up}" in text
+    assert tokenizer.decode(ids[span[0]:span[1]]).strip() == sentence and text.endswith("assistant\nAnswer:")
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    options = torch.softmax(logits[[token_id(tokenizer, "ĠYes"), token_id(tokenizer, "ĠNo")]], -1)
+    assert records[2]["p_yes"] == pytest.approx(float(options[0]), abs=1e-6)
+    assert records[0]["p_yes"] != pytest.approx(records[2]["p_yes"], abs=1e-6)
+    with pytest.raises(InputError, match="two concepts or more"):
+        run_prefill_intent(model, tokenizer, cell, thought, SENTENCES, 1, concepts=["Dust"])
+
+
+def test_intentional_control_cosines(llama, thought, tmp_path):
+    """Cosines equal a direct computation on each sequence alone; with the concept vector planted
+    (steered in, many times the residual norm) on every position, they approach 1."""
+    model, tokenizer = llama
+    cell = random_cell(model, tokenizer, tmp_path)
+    records = run_intentional_control(model, tokenizer, cell, thought, SENTENCES, n_trials=2, seed=0, batch_size=4)
+    assert [(r["trial"], r["question"]) for r in records] == [(t, i) for t in (0, 1) for i in INSTRUCTIONS]
+    record = records[1]
+    sentence = SENTENCES[record["sentence_id"]]
+    message = thought.instructions["dont_think"].format(sentence=sentence, word="dust")
+    assert message.startswith(f'Write "{sentence}" Don\'t think about dust')
+    ids, _ = injection.conversation_ids(tokenizer, [message], True, [], "", thought.path)
+    answer = tokenizer(sentence, add_special_tokens=False)["input_ids"]
+    with capture_residual(model, [2]) as captured, torch.no_grad():
+        model.get_decoder()(input_ids=torch.tensor([ids + answer]))
+    states = captured[2][0, -len(answer):].double()
+    vector = torch.from_numpy(cell.vectors.vector("Dust")).double()
+    expected = torch.nn.functional.cosine_similarity(states, vector[None], dim=-1).mean()
+    assert record["cosine"] == pytest.approx(float(expected), abs=1e-6) and record["n_tokens"] == len(answer)
+    with steer(model, 2, vector.float(), 1000.0, Positions.onward(0)):
+        planted = run_intentional_control(model, tokenizer, cell, thought, SENTENCES, 1, concepts=["Dust"])
+    assert all(r["cosine"] > 0.99 for r in planted) and all(abs(r["cosine"]) < 0.9 for r in records)
 
 
 # --- the real embedded model --------------------------------------------------------------------

@@ -11,7 +11,8 @@ from scipy.stats import norm
 from llm_introspection.injection import read_records, write_records
 from llm_introspection.injection_statistics import (
     MEASURE_COLUMNS, binomial_p, detection_logit_statistics, detection_response_statistics,
-    forced_identification_statistics, json_ready, localization_statistics, newcombe_difference, wilson_interval,
+    forced_identification_statistics, intentional_control_statistics, json_ready, localization_statistics,
+    newcombe_difference, prefill_intent_statistics, thought_vs_text_statistics, wilson_interval,
 )
 
 CELL = {"model": "m", "layer": 3, "vector_method": "mean_subtraction", "strength_relative": 1.0}
@@ -92,7 +93,8 @@ def test_detection_logit_rates(tmp_path):
     table = detection_logit_statistics(through_files(tmp_path, records, "detection_logits"))
     assert list(table.columns) == list(MEASURE_COLUMNS)
     rows = by_measure(table)
-    assert (rows.loc["hit_rate", "successes"], rows.loc["hit_rate", "n"], rows.loc["hit_rate", "estimate"]) == (30, 40, 0.75)
+    hit = rows.loc["hit_rate"]
+    assert (hit["successes"], hit["n"], hit["estimate"]) == (30, 40, 0.75)
     assert (rows.loc["hit_rate", "low"], rows.loc["hit_rate", "high"]) == pytest.approx(wilson_formula(30, 40))
     assert rows.loc["false_alarm_rate", "estimate"] == 0.2
     difference = rows.loc["hit_minus_false_alarm"]
@@ -144,6 +146,52 @@ def test_forced_identification_top1_and_rank_improvement(tmp_path):
     assert rows.loc["top1_injected_minus_control", "estimate"] == pytest.approx(0.5)
 
 
+def test_thought_vs_text_rates_and_paired_change(tmp_path):
+    records = []
+    for t in range(10):
+        trial = CELL | {"trial": t}
+        records += [trial | {"question": "thought", "kind": "injected", "top1": t < 7, "n_candidates": 50},
+                    trial | {"question": "thought", "kind": "control", "top1": t == 0, "n_candidates": 50},
+                    trial | {"question": "text", "kind": "injected", "exact": t < 8, "mean_logprob": -1 - t / 10},
+                    trial | {"question": "text", "kind": "control", "exact": True, "mean_logprob": -0.5}]
+    rows = by_measure(thought_vs_text_statistics(through_files(tmp_path, records, "thought_vs_text")))
+    assert (rows.loc["thought_top1_injected", "successes"], rows.loc["thought_top1_injected", "chance"]) == (7, 0.02)
+    assert rows.loc["thought_top1_injected", "p_value"] == pytest.approx(binomial_p(7, 10, 0.02))
+    assert rows.loc["thought_top1_injected_minus_control", "estimate"] == pytest.approx(0.6)
+    assert rows.loc["text_exact_injected_minus_control", "estimate"] == pytest.approx(-0.2)
+    exact = rows.loc["text_exact_injected_minus_control"]
+    assert (exact["low"], exact["high"]) == pytest.approx(newcombe_formula(8, 10, 10, 10))
+    change = rows.loc["text_logprob_change"]
+    assert change["estimate"] == pytest.approx(-0.95) and change["low"] < -0.95 < change["high"] and change["n"] == 10
+
+
+def test_prefill_intent_rates_by_kind(tmp_path):
+    counts = {"injected": 6, "mismatched": 3, "control": 1}
+    records = [CELL | {"trial": t, "kind": kind, "prediction": "yes" if t < k else "no", "p_yes": 0.8 if t < k else 0.3}
+               for kind, k in counts.items() for t in range(10)]
+    rows = by_measure(prefill_intent_statistics(through_files(tmp_path, records, "prefill_intent")))
+    for kind, k in counts.items():
+        assert (rows.loc[f"intent_{kind}", "successes"], rows.loc[f"intent_{kind}", "n"]) == (k, 10)
+    assert rows.loc["intent_injected_minus_control", "estimate"] == pytest.approx(0.5)
+    assert (rows.loc["intent_injected_minus_mismatched", "low"], rows.loc["intent_injected_minus_mismatched", "high"]) \
+        == pytest.approx(newcombe_formula(6, 10, 3, 10))
+    assert rows.loc["p_intended_change_injected", "estimate"] == pytest.approx(0.25)  # 5 trials of 10 move by 0.5
+
+
+def test_intentional_control_paired_differences(tmp_path):
+    noise = np.random.default_rng(0).normal(0, 0.01, size=(10, 3))
+    bases = [("think", 0.3), ("dont_think", 0.2), ("neutral", 0.1)]
+    records = [CELL | {"trial": t, "question": name, "concept": "Dust", "cosine": base + noise[t, i]}
+               for t in range(10) for i, (name, base) in enumerate(bases)]
+    rows = by_measure(intentional_control_statistics(through_files(tmp_path, records, "intentional_control")))
+    assert rows.loc["cosine_think", "estimate"] == pytest.approx(0.3 + noise[:, 0].mean())
+    for measure, (a, b) in {"think_minus_dont_think": (0, 1), "dont_think_minus_neutral": (1, 2),
+                            "think_minus_neutral": (0, 2)}.items():
+        expected = 0.1 * (b - a) + (noise[:, a] - noise[:, b]).mean()
+        assert rows.loc[measure, "estimate"] == pytest.approx(expected)
+        assert rows.loc[measure, "low"] < expected < rows.loc[measure, "high"] and rows.loc[measure, "low"] > 0
+
+
 def localization_records(strength, n_trials=20, n=5):
     """locate + concept: always right; prefer + concept: always the last sentence; random vectors:
     always the first; no injection: always the third."""
@@ -185,7 +233,8 @@ def test_localization_accuracy_margins_and_position_bias(tmp_path):
 
     answers = tables["answers"].query("strength_relative == 1.0")
     random = answers[answers["kind"] == "random"]
-    assert set(random.loc[random["answer"] == 1, "count"]) == {20} and random.loc[random["answer"] > 1, "count"].eq(0).all()
+    assert set(random.loc[random["answer"] == 1, "count"]) == {20}
+    assert random.loc[random["answer"] > 1, "count"].eq(0).all()
     assert len(random) == 2 * 5 * 5  # 2 questions x 5 injected positions x 5 answers
     control = answers[answers["kind"] == "control"]
     assert control["injected_position"].isna().all() and len(control) == 2 * 5

@@ -1,17 +1,21 @@
-"""Concept injection experiments: detection, forced identification (Lindsey 2025) and localization
-(after Godet), one cell at a time, as per-trial records.
+"""Concept injection experiments, one cell at a time, as per-trial records: detection, forced
+identification, thought vs text, prefill intent and intentional control (Lindsey 2025), and
+localization (after Godet).
 
 A cell is one model x one experiment x one (layer, strength): `open_cell` reads the concept
 vectors of one layer, and each `run_*` function serves every trial of its experiment from one
 loaded model, in left-padded batches whose rows are steered each as their trial says (a control
 row adds a zero vector at strength 0, so it runs unsteered in the same batch). Strength is
 relative: every injected vector gets norm strength x the layer's mean residual norm
-(steering.relative_strength); the records carry it and the absolute multiplier.
+(steering.relative_strength); the records carry it and the absolute multiplier. A record's kind
+says what was injected: 'injected' (the trial's concept vector), 'random' (a norm-matched random
+vector), 'mismatched' (another concept's vector) or 'control' (nothing).
 
 Readouts never generate: one forward pass per trial gives the next-token log-probabilities of the
-answer options after a prefilled answer start; the full-vocabulary logits live for that batch
-only. Answers are the options' probabilities renormalised among themselves, so there is always
-one; the options' mass under the full softmax is kept as a diagnostic.
+answer options after a prefilled answer start (or of a teacher-forced answer's tokens); the
+full-vocabulary logits live for that batch only. Answers are the options' probabilities
+renormalised among themselves, so there is always one; the options' mass under the full softmax
+is kept as a diagnostic (low mass: the model wanted to say something else).
 
 Prompts: instruct models in their native frame get the chat template (prompts.uses_chat_template),
 other models a plain transcript ("User: ...", "Assistant: ..."). Injection positions are found
@@ -34,8 +38,8 @@ from .judge import _frame_head, _option_log_probs, _pad_id, answer_frame, judge_
 from .sampling import eos_token_ids, left_pad, sample_completions
 from .steering import Positions, relative_strength, steer, token_span
 from .storage import read_json, versions, write_json
+from .tracing import capture_residual
 
-KINDS = ("injected", "random", "control")  # a concept vector, a norm-matched random vector, nothing
 CRITERIA = ("coherent", "affirmative", "identifies", "detection_before_word")
 CONTROL_CRITERIA = ("coherent", "affirmative")  # no concept was injected: nothing to identify
 _BASE_LABELS = {"user": "User:", "assistant": "Assistant:"}
@@ -102,6 +106,23 @@ class GradingRubric:
     criteria: dict  # name -> question, in CRITERIA order
 
 
+@dataclass(frozen=True)
+class ThoughtTexts:
+    path: Path
+    version: int
+    sha256: str
+    thought_question: str
+    thought_prefill: str
+    repeat_question: str
+    word_question: str
+    follow_up: str
+    intent_answer: AnswerSpec  # options: intended, accident
+    instructions: dict  # think, dont_think, neutral -> template with {sentence} (and {word})
+
+
+INSTRUCTIONS = ("think", "dont_think", "neutral")
+
+
 def _fields(template):
     return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
 
@@ -141,8 +162,10 @@ def load_detection_texts(path, schema_path):
 def load_localization_texts(path, schema_path):
     """The localization trial texts, validated (template fields, the introspection question named)."""
     path, data, sha256 = _read(path, schema_path, "localization file")
-    _check_fields(path, "template", data["template"], {"n", "sentences", "question"}, {"sentences", "question"}, once=True)
-    _check_fields(path, "sentence_format", data["sentence_format"], {"number", "sentence"}, {"number", "sentence"}, once=True)
+    _check_fields(path, "template", data["template"], {"n", "sentences", "question"}, {"sentences", "question"},
+                  once=True)
+    _check_fields(path, "sentence_format", data["sentence_format"], {"number", "sentence"}, {"number", "sentence"},
+                  once=True)
     if data["introspection"] not in data["questions"]:
         raise InputError(f"{path}: key 'introspection': {data['introspection']!r} is not one of the "
                          f"questions ({', '.join(data['questions'])})")
@@ -150,6 +173,23 @@ def load_localization_texts(path, schema_path):
         path, data["version"], sha256, data["n_sentences"], data["template"], data["sentence_format"],
         data["separator"], data["introspection"],
         {name: Question(**question) for name, question in data["questions"].items()},
+    )
+
+
+def load_thought_texts(path, schema_path):
+    """The thought-vs-text, prefill-intent and intentional-control texts, validated."""
+    path, data, sha256 = _read(path, schema_path, "thought and intent file")
+    instructions = data["intentional_control"]
+    for name in INSTRUCTIONS:
+        _check_fields(path, f"intentional_control.{name}", instructions[name], {"sentence", "word"},
+                      {"sentence"} if name == "neutral" else {"sentence", "word"})
+    thought, intent = data["thought_vs_text"], data["prefill_intent"]
+    answer = intent["answer"]
+    return ThoughtTexts(
+        path, data["version"], sha256, thought["thought_question"], thought["thought_prefill"],
+        thought["repeat_question"], intent["word_question"], intent["follow_up"],
+        AnswerSpec(path, answer["prefill"], answer["separator"], tuple(answer["options"])),
+        {name: instructions[name] for name in INSTRUCTIONS},
     )
 
 
@@ -272,13 +312,20 @@ def _encode_marked(tokenizer, text, chat, marks, path):
     return list(encoded["input_ids"]), spans
 
 
+def conversation_ids(tokenizer, messages, chat, marks, prefill, path):
+    """Token ids of a conversation with `prefill` (as answer_start gives it) after it, and the
+    token span [start, end) of each marked string, in order of appearance."""
+    head = render_conversation(tokenizer, messages, chat)
+    ids, spans = _encode_marked(tokenizer, head, chat, marks, path)
+    return ids + _encode(tokenizer, prefill), spans
+
+
 def detection_prompt(tokenizer, texts, chat, prefill=""):
     """Token ids of a detection trial, with `prefill` (as answer_start gives it) after the
     prompt, and the position of the question's first token, where injection starts."""
     messages = [texts.preamble, texts.acknowledgement, f"{texts.opening}\n\n{texts.question}"]
-    head = render_conversation(tokenizer, messages, chat)
-    ids, [(start, _)] = _encode_marked(tokenizer, head, chat, [texts.question], texts.path)
-    return ids + _encode(tokenizer, prefill), start
+    ids, [(start, _)] = conversation_ids(tokenizer, messages, chat, [texts.question], prefill, texts.path)
+    return ids, start
 
 
 def localization_prompt(tokenizer, texts, sentences, question, chat, prefill):
@@ -287,9 +334,7 @@ def localization_prompt(tokenizer, texts, sentences, question, chat, prefill):
     lines = [texts.sentence_format.format(number=i + 1, sentence=s) for i, s in enumerate(sentences)]
     message = texts.template.format(n=len(sentences), sentences="\n".join(lines),
                                     question=texts.questions[question].question)
-    head = render_conversation(tokenizer, [message], chat)
-    ids, spans = _encode_marked(tokenizer, head, chat, sentences, texts.path)
-    return ids + _encode(tokenizer, prefill), spans
+    return conversation_ids(tokenizer, [message], chat, sentences, prefill, texts.path)
 
 
 # --- steered readouts and sampling --------------------------------------------------------------
@@ -314,7 +359,8 @@ def _steering(model, layer, trials):
                         for t in trials])
     strengths = [0.0 if t.vector is None else t.strength for t in trials]
     ends = [t.end for t in trials]
-    return steer(model, layer, vectors, strengths, Positions([t.start for t in trials], None if ends[0] is None else ends))
+    where = Positions([t.start for t in trials], None if ends[0] is None else ends)
+    return steer(model, layer, vectors, strengths, where)
 
 
 @torch.inference_mode()
@@ -354,6 +400,46 @@ def sample_trials(model, layer, trials, seeds, params, eos_ids, batch_size):
             completions += sample_completions(model, [list(t.ids) for t in batch], seeds[begin : begin + batch_size],
                                               params, eos_ids, _PAD_ID, len(batch), top_k=1)
     return completions
+
+
+@torch.inference_mode()
+def read_continuations(model, layer, trials, lengths, batch_size):
+    """Per trial, for each of its last `length` tokens (a teacher-forced answer): the token's
+    log-probability given what precedes it and whether it is the most probable token, every trial
+    steered as it says. A list of ((length,) float64, (length,) bool) pairs."""
+    out = []
+    for begin in range(0, len(trials), batch_size):
+        batch, sizes = trials[begin : begin + batch_size], lengths[begin : begin + batch_size]
+        ids, mask, positions = left_pad([t.ids for t in batch], _PAD_ID, model.device)
+        with _steering(model, layer, batch):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                           logits_to_keep=max(sizes) + 1).logits.float()
+        log_probs = torch.log_softmax(logits, dim=-1)  # the full vocabulary, for this batch only
+        for row, size in enumerate(sizes):
+            targets, scores = ids[row, -size:], log_probs[row, -size - 1 : -1]
+            out.append((scores.gather(-1, targets[:, None])[:, 0].double().cpu().numpy(),
+                        (scores.argmax(-1) == targets).cpu().numpy()))
+        del logits, log_probs
+    return out
+
+
+@torch.inference_mode()
+def continuation_cosines(model, layer, sequences, lengths, vectors, batch_size):
+    """(len(sequences),) float64: the mean over each sequence's last `length` tokens of the cosine
+    similarity between hidden state `layer` and the sequence's vector (unsteered)."""
+    out = np.empty(len(sequences))
+    for begin in range(0, len(sequences), batch_size):
+        batch, sizes = sequences[begin : begin + batch_size], lengths[begin : begin + batch_size]
+        ids, mask, positions = left_pad(batch, _PAD_ID, model.device)
+        with capture_residual(model, [layer]) as captured:
+            model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        states = captured[layer].double()
+        directions = torch.as_tensor(np.asarray(vectors[begin : begin + batch_size]), dtype=torch.float64,
+                                     device=states.device)
+        for row, size in enumerate(sizes):
+            cosines = torch.nn.functional.cosine_similarity(states[row, -size:], directions[row][None], dim=-1)
+            out[begin + row] = float(cosines.mean())
+    return out
 
 
 # --- experiments --------------------------------------------------------------------------------
@@ -440,20 +526,22 @@ def run_forced_identification(model, tokenizer, cell, texts, batch_size=8, conce
     names = cell.concepts(concepts)
     trials = [Trial(tuple(ids), start, len(ids), *cell.injection(n)) for n in names] + [Trial(tuple(ids))]
     log_probs = read_options(model, cell.layer, trials, option_ids, batch_size)
-    distinct = sorted(set(option_ids), key=option_ids.index)
-    mass = np.exp(log_probs[:, [option_ids.index(i) for i in distinct]]).sum(-1)
-    records = []
-    for kind, row, name in [("injected", r, n) for r, n in enumerate(names)] + [("control", len(names), n) for n in names]:
-        own = candidates.index(name)
-        rank = 1 + int((np.delete(log_probs[row], own) >= log_probs[row, own]).sum())
-        records.append(cell.columns("forced_identification") | {
-            "kind": kind, "concept": name, "question": "forced_identification",
-            "strength_absolute": float(trials[row].strength), "logprob": float(log_probs[row, own]), "rank": rank,
-            "top1": rank == 1, "prediction": candidates[int(log_probs[row].argmax())], "correct": rank == 1,
-            "candidate_mass": float(mass[row]), "n_candidates": len(candidates),
-            "shared_first_token": option_ids.count(option_ids[own]) > 1,
-        })
-    return records
+    rows = [("injected", r, n) for r, n in enumerate(names)] + [("control", len(names), n) for n in names]
+    return [cell.columns("forced_identification") | {
+        "kind": kind, "concept": name, "question": "forced_identification",
+        "strength_absolute": float(trials[row].strength),
+    } | _ranking(log_probs[row], name, candidates, option_ids) for kind, row, name in rows]
+
+
+def _ranking(log_probs, name, candidates, option_ids):
+    """The record fields of one candidate readout (see run_forced_identification)."""
+    own = candidates.index(name)
+    rank = 1 + int((np.delete(log_probs, own) >= log_probs[own]).sum())
+    distinct = [option_ids.index(i) for i in dict.fromkeys(option_ids)]
+    return {"logprob": float(log_probs[own]), "rank": rank, "top1": rank == 1,
+            "prediction": candidates[int(log_probs.argmax())], "correct": rank == 1,
+            "candidate_mass": float(np.exp(log_probs[distinct]).sum()), "n_candidates": len(candidates),
+            "shared_first_token": option_ids.count(option_ids[own]) > 1}
 
 
 def run_localization(model, tokenizer, cell, texts, sentences, n_trials, seed=0, batch_size=8, n_sentences=None,
@@ -469,7 +557,8 @@ def run_localization(model, tokenizer, cell, texts, sentences, n_trials, seed=0,
     prediction (1..n), correct (None for controls)."""
     n = n_sentences or texts.n_sentences
     if not 2 <= n <= 9 or n > len(sentences):
-        raise InputError(f"localization needs 2..9 sentences per trial and at most the pool's {len(sentences)}, not {n}")
+        raise InputError(f"localization needs 2..9 sentences per trial and at most the pool's "
+                         f"{len(sentences)}, not {n}")
     unknown = [q for q in questions or () if q not in texts.questions]
     if unknown:
         raise InputError(f"{texts.path}: key 'questions': no question {', '.join(map(repr, unknown))}")
@@ -510,6 +599,113 @@ def run_localization(model, tokenizer, cell, texts, sentences, n_trials, seed=0,
     return records
 
 
+def _sentence_trials(sentences, n_trials, names, seed):
+    """Per trial: (index into the sentence pool, concept name); sentences in a seeded order without
+    repeats until the pool is used up, concepts in turn."""
+    order = np.random.default_rng(seed).permutation(len(sentences))
+    return [(int(order[t % len(order)]), names[t % len(names)]) for t in range(n_trials)]
+
+
+def _asking(question, sentence):
+    return f"{question}\n\n{sentence}"
+
+
+def run_thought_vs_text(model, tokenizer, cell, texts, sentences, n_trials, seed=0, batch_size=8, concepts=None):
+    """Thought vs text: trial t injects concept t mod len(concepts) on the tokens of a sentence
+    from the pool (seeded), once with nothing injected, under two questions. 'thought': which word
+    the model thinks about, read as in run_forced_identification (the concept's first token ranked
+    against every concept of the vector file after the prefill). 'text': repeat the sentence, which
+    is teacher-forced as the answer and scored token by token. Records: trial, sentence_id, kind,
+    concept, question, strength_absolute; for 'thought' the ranking fields of
+    run_forced_identification; for 'text' n_tokens (the sentence's), mean_logprob, token_accuracy
+    (the share of them that are the most probable token), exact (all are) and correct (= exact)."""
+    candidates = cell.vectors.names
+    prefill = answer_start(texts.thought_prefill, cell.chat)
+    option_ids = first_token_ids(tokenizer, prefill, [concept_word(n) for n in candidates])
+    thought, text = [], []
+    for t, (index, name) in enumerate(_sentence_trials(sentences, n_trials, cell.concepts(concepts), seed)):
+        sentence = sentences[index]
+        fields = cell.columns("thought_vs_text") | {"trial": t, "sentence_id": index, "concept": name}
+        vector, strength = cell.injection(name)
+        ids, [span] = conversation_ids(tokenizer, [_asking(texts.thought_question, sentence)], cell.chat, [sentence],
+                                       prefill, texts.path)
+        thought += [(fields | {"kind": "injected"}, Trial(tuple(ids), *span, vector, strength)),
+                    (fields | {"kind": "control"}, Trial(tuple(ids)))]
+        ids, [span] = conversation_ids(tokenizer, [_asking(texts.repeat_question, sentence)], cell.chat, [sentence],
+                                       "", texts.path)
+        answer = _encode(tokenizer, answer_start(sentence, cell.chat))
+        fields |= {"n_tokens": len(answer)}  # thought's rows hold copies made before
+        text += [(fields | {"kind": "injected"}, Trial(tuple(ids + answer), *span, vector, strength)),
+                 (fields | {"kind": "control"}, Trial(tuple(ids + answer)))]
+    fields, trials = zip(*thought)
+    log_probs = read_options(model, cell.layer, trials, option_ids, batch_size)
+    records = [record | {"question": "thought", "strength_absolute": float(trial.strength)}
+               | _ranking(row, record["concept"], candidates, option_ids)
+               for record, trial, row in zip(fields, trials, log_probs)]
+    fields, trials = zip(*text)
+    scored = read_continuations(model, cell.layer, trials, [f["n_tokens"] for f in fields], batch_size)
+    for record, trial, (scores, hits) in zip(fields, trials, scored):
+        records.append(record | {
+            "question": "text", "strength_absolute": float(trial.strength), "mean_logprob": float(scores.mean()),
+            "token_accuracy": float(hits.mean()), "exact": bool(hits.all()), "correct": bool(hits.all()),
+        })
+    return records
+
+
+def run_prefill_intent(model, tokenizer, cell, texts, sentences, n_trials, seed=0, batch_size=8, concepts=None):
+    """Prefill intent: the model is asked which word it thinks about when it reads a sentence
+    (seeded, from the pool), its answer is prefilled with the word of concept t mod len(concepts),
+    and it is asked whether it meant to say it; P(intended) against P(accident) is read after the
+    answer prefill. Per trial: the word's own vector injected on the sentence's tokens
+    ('injected'), the next concept's vector there ('mismatched'), nothing ('control'). Records:
+    trial, sentence_id, kind, concept (the prefilled word's), injected_concept, question,
+    strength_absolute, p_yes (intended), p_no, option_mass, prediction ('yes' claims intent)."""
+    names = cell.concepts(concepts)
+    if len(names) < 2:
+        raise InputError(f"{cell.vector_path}: prefill intent needs two concepts or more (a mismatched one)")
+    frame = _option_frame(tokenizer, texts.intent_answer, cell.chat)
+    rows = []
+    for t, (index, name) in enumerate(_sentence_trials(sentences, n_trials, names, seed)):
+        sentence, other = sentences[index], names[(names.index(name) + 1) % len(names)]
+        messages = [_asking(texts.word_question, sentence), concept_word(name).capitalize(), texts.follow_up]
+        ids, [span] = conversation_ids(tokenizer, messages, cell.chat, [sentence], frame.prefill, texts.path)
+        fields = cell.columns("prefill_intent") | {"trial": t, "sentence_id": index, "concept": name,
+                                                   "question": "intent"}
+        rows += [(fields | {"kind": "injected", "injected_concept": name},
+                  Trial(tuple(ids), *span, *cell.injection(name))),
+                 (fields | {"kind": "mismatched", "injected_concept": other},
+                  Trial(tuple(ids), *span, *cell.injection(other))),
+                 (fields | {"kind": "control", "injected_concept": None}, Trial(tuple(ids)))]
+    fields, trials = zip(*rows)
+    probs, _, mass = option_answers(read_options(model, cell.layer, trials, frame.option_ids, batch_size))
+    return [record | {"strength_absolute": float(trial.strength), "p_yes": float(p[0]), "p_no": float(p[1]),
+                      "option_mass": float(m), "prediction": "yes" if p[0] > p[1] else "no"}
+            for record, trial, p, m in zip(fields, trials, probs, mass)]
+
+
+def run_intentional_control(model, tokenizer, cell, texts, sentences, n_trials, seed=0, batch_size=8, concepts=None):
+    """Intentional control (nothing is injected; the cell's strength is not used): trial t asks the
+    model to write a sentence from the pool (seeded) while thinking about the word of concept
+    t mod len(concepts) ('think'), while not thinking about it ('dont_think'), or with no word
+    ('neutral'); the sentence is teacher-forced as the answer. Records: trial, sentence_id,
+    concept, question (the instruction), cosine (the mean cosine similarity between the cell's
+    hidden state on the answer's tokens and the concept vector), n_tokens."""
+    rows = []
+    for t, (index, name) in enumerate(_sentence_trials(sentences, n_trials, cell.concepts(concepts), seed)):
+        sentence = sentences[index]
+        answer = _encode(tokenizer, answer_start(sentence, cell.chat))
+        for instruction in INSTRUCTIONS:
+            message = texts.instructions[instruction].format(sentence=sentence, word=concept_word(name))
+            ids, _ = conversation_ids(tokenizer, [message], cell.chat, [], "", texts.path)
+            rows.append((cell.columns("intentional_control") | {
+                "trial": t, "sentence_id": index, "concept": name, "question": instruction, "n_tokens": len(answer),
+            }, ids + answer))
+    fields, sequences = zip(*rows)
+    cosines = continuation_cosines(model, cell.layer, sequences, [f["n_tokens"] for f in fields],
+                                   [cell.vectors.vector(f["concept"]) for f in fields], batch_size)
+    return [record | {"cosine": float(c)} for record, c in zip(fields, cosines)]
+
+
 # --- grading ------------------------------------------------------------------------------------
 
 def grade_responses(model, tokenizer, responses, rubric, question, max_response_tokens=256, batch_size=8):
@@ -535,7 +731,8 @@ def grade_responses(model, tokenizer, responses, rubric, question, max_response_
                 instructions=rubric.instructions, question=question, response=text,
                 criterion=rubric.criteria[criterion].format(word=word), options=" or ".join(rubric.options))
             head, special = _frame_head(tokenizer, rubric.system, user)
-            sequences.append(list(tokenizer(head, add_special_tokens=special)["input_ids"]) + _encode(tokenizer, frame.prefill))
+            head_ids = list(tokenizer(head, add_special_tokens=special)["input_ids"])
+            sequences.append(head_ids + _encode(tokenizer, frame.prefill))
             owners.append((index, criterion))
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and max(map(len, sequences)) > limit:

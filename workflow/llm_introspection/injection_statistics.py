@@ -153,10 +153,66 @@ def forced_identification_statistics(records, seed=0):
         chance = 1 / int(group["n_candidates"].iloc[0])
         part = [rate_row("top1_injected", _flags(injected["top1"]), chance),
                 rate_row("top1_control", _flags(control["top1"].dropna()), chance),
-                difference_row("top1_injected_minus_control", _flags(injected["top1"]), _flags(control["top1"].dropna())),
+                difference_row("top1_injected_minus_control", _flags(injected["top1"]),
+                               _flags(control["top1"].dropna())),
                 mean_row("mean_rank_injected", injected["rank"], seed),
                 mean_row("mean_rank_control", control["rank"].dropna(), seed),
                 mean_row("rank_improvement", (control["rank"] - injected["rank"]).dropna(), seed)]
+        rows += [dict(zip(CELL, cell)) | row for row in part]
+    return _table(rows)
+
+
+def thought_vs_text_statistics(records, seed=0):
+    """Per cell, from run_thought_vs_text records: the injected concept's top-1 rate as the
+    thought on injected and control trials (binomial tests against 1/n_candidates) and their
+    difference; the exact-repeat rate of the sentence on each and their difference; and the change
+    of the sentence's mean log-probability, injected minus control per trial (bootstrap)."""
+    rows = []
+    for cell, group in _cells(records):
+        thought, text = group[group["question"] == "thought"], group[group["question"] == "text"]
+        chance = 1 / int(thought["n_candidates"].iloc[0])
+        top1 = {kind: _flags(thought.loc[thought["kind"] == kind, "top1"]) for kind in ("injected", "control")}
+        exact = {kind: _flags(text.loc[text["kind"] == kind, "exact"]) for kind in ("injected", "control")}
+        paired = text.pivot(index="trial", columns="kind", values="mean_logprob")
+        part = [rate_row("thought_top1_injected", top1["injected"], chance),
+                rate_row("thought_top1_control", top1["control"], chance),
+                difference_row("thought_top1_injected_minus_control", top1["injected"], top1["control"]),
+                rate_row("text_exact_injected", exact["injected"]), rate_row("text_exact_control", exact["control"]),
+                difference_row("text_exact_injected_minus_control", exact["injected"], exact["control"]),
+                mean_row("text_logprob_change", paired["injected"] - paired["control"], seed)]
+        rows += [dict(zip(CELL, cell)) | row for row in part]
+    return _table(rows)
+
+
+def prefill_intent_statistics(records, seed=0):
+    """Per cell, from run_prefill_intent records: the rate of claiming the prefilled word was
+    intended with its own concept injected, with another concept injected (mismatched) and with
+    nothing injected; the differences injected - control, mismatched - control and injected -
+    mismatched; and the paired change of P(intended) from the control trial (bootstrap)."""
+    kinds = ("injected", "mismatched", "control")
+    rows = []
+    for cell, group in _cells(records):
+        intent = {kind: _flags(group.loc[group["kind"] == kind, "prediction"] == "yes") for kind in kinds}
+        paired = group.pivot(index="trial", columns="kind", values="p_yes")
+        part = [rate_row(f"intent_{kind}", intent[kind]) for kind in kinds]
+        part += [difference_row(f"intent_{a}_minus_{b}", intent[a], intent[b])
+                 for a, b in (("injected", "control"), ("mismatched", "control"), ("injected", "mismatched"))]
+        part += [mean_row(f"p_intended_change_{kind}", paired[kind] - paired["control"], seed)
+                 for kind in ("injected", "mismatched")]
+        rows += [dict(zip(CELL, cell)) | row for row in part]
+    return _table(rows)
+
+
+def intentional_control_statistics(records, seed=0):
+    """Per cell, from run_intentional_control records: the mean cosine similarity with the concept
+    vector under each instruction, and the paired differences (per trial) think - dont_think,
+    dont_think - neutral and think - neutral, with bootstrap intervals."""
+    rows = []
+    for cell, group in _cells(records):
+        paired = group.pivot(index="trial", columns="question", values="cosine")
+        part = [mean_row(f"cosine_{name}", paired[name], seed) for name in ("think", "dont_think", "neutral")]
+        part += [mean_row(f"{a}_minus_{b}", paired[a] - paired[b], seed)
+                 for a, b in (("think", "dont_think"), ("dont_think", "neutral"), ("think", "neutral"))]
         rows += [dict(zip(CELL, cell)) | row for row in part]
     return _table(rows)
 
