@@ -1,0 +1,203 @@
+"""The tiny study through a real one-node SLURM cluster (.ci/slurm-cluster.sh) with the slurm profile."""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, snakemake, write_study
+from test_workflow import tiny_models
+
+pytestmark = pytest.mark.workflow
+
+CLUSTER_SCRIPT = REPO / ".ci/slurm-cluster.sh"
+OVERRIDES = REPO / "tests/data/slurm-test-profile.yaml"
+MODEL_RULES = {"generate", "trace", "judge"}
+LOCAL_RULES = {"all", "prepare_model"}
+TIMEOUT = 900
+IN_CI = os.environ.get("LLM_INTROSPECTION_CI") == "1"
+
+
+def cluster(action):
+    """Run .ci/slurm-cluster.sh; (ok, output)."""
+    try:
+        result = subprocess.run(["bash", str(CLUSTER_SCRIPT), action], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as error:
+        return False, f"timed out after {error.timeout} s"
+    return result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The test cluster, up until the session ends (taken down only if this started it)."""
+    already_up, _ = cluster("status")
+    ok, output = cluster("up")
+    if not ok:
+        cluster("down")  # whatever it did start
+        message = f"the test SLURM cluster did not start (.ci/slurm-cluster.sh up):\n{output[-3000:]}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    yield
+    if not already_up:
+        cluster("down")
+
+
+def merged(base, overrides):
+    """`base` with `overrides` merged in key by key; a None value deletes the key."""
+    result = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            result[key] = merged(base[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def cluster_profile(directory):
+    """profiles/slurm with the test cluster's values in place of the user's."""
+    shipped = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    profile = merged(shipped, yaml.safe_load(OVERRIDES.read_text()))
+    text = yaml.safe_dump(profile, sort_keys=False)
+    assert "SET-ME" not in text, f"{OVERRIDES.name} leaves a value of profiles/slurm unset:\n{text}"
+    directory.mkdir()
+    (directory / "config.yaml").write_text(text)
+    return directory
+
+
+def squeue():
+    return subprocess.run(["squeue", "--states=all", "-h", "-o", "%i %T %P %j"], capture_output=True, text=True).stdout
+
+
+def snakemake_on_slurm(directory, profile, name):
+    """What a cluster user runs (plus --verbose, for the sbatch lines), bounded by TIMEOUT; its output,
+    also kept in `directory`/`name`.log."""
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(directory), "--configfile", str(directory / "config.yaml"), "--workflow-profile", str(profile),
+               "--verbose"]
+    log = directory / f"{name}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            returncode = process.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.terminate()  # snakemake cancels its SLURM jobs
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"snakemake on SLURM did not finish in {TIMEOUT} s; jobs:\n{squeue()}\n"
+                        f"log tail:\n{log.read_text()[-4000:]}")
+    output = log.read_text()
+    assert returncode == 0, f"snakemake on SLURM failed:\n{output[-6000:]}\njobs:\n{squeue()}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def local_study(tokenizer_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("local")
+    write_study(directory, tiny_models(tokenizer_dir))
+    snakemake(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def slurm_study(tokenizer_dir, slurm_cluster, tmp_path_factory):
+    """(directory, snakemake output, merged profile) of the tiny study run through SLURM."""
+    directory = tmp_path_factory.mktemp("slurm")
+    write_study(directory, tiny_models(tokenizer_dir))
+    profile = cluster_profile(tmp_path_factory.mktemp("profile") / "slurm")
+    return directory, snakemake_on_slurm(directory, profile, "run"), profile
+
+
+def job_record(job_id):
+    """`scontrol show job` as a dict (finished jobs stay visible for MinJobAge, an hour)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\S+?)=(\S*)", out))
+
+
+def submissions(output):
+    """{SLURM job id: its log file} of every job the run submitted."""
+    return dict(re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$", output, flags=re.M))
+
+
+def planned_counts(output):
+    """{rule: number of jobs} from the run's job stats table."""
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+
+
+def test_every_cluster_job_ran_in_slurm_with_one_gpu_for_model_rules_only(slurm_study):
+    _, output, profile = slurm_study
+    ran = {}  # rule: jobs of it that ran
+    grouped = set(yaml.safe_load((profile / "config.yaml").read_text()).get("groups", {}))
+    for job_id, log in submissions(output).items():
+        text = Path(log).read_text()
+        rules = re.findall(r"^localrule (\w+):$", text, flags=re.M)  # each rule it ran, in its own srun step
+        # the task prolog of .ci/slurm-cluster.sh prints each task's environment into the job's log
+        tasks = re.findall(r"^slurm-cluster task: job=(\d+) step=(\S*) .* CUDA_VISIBLE_DEVICES=(\S+)$", text,
+                           flags=re.M)
+        model_job = bool(MODEL_RULES & set(rules))
+        record = job_record(job_id)
+        assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), record
+        assert record["Partition"] == ("gpu" if model_job else "cpu"), (rules, record)
+        gpus = re.findall(r"gpu:(\d+)", record.get("TresPerJob", ""))
+        assert gpus == (["1"] if model_job else []), (rules, record)
+        assert {(job, step) for job, step, _ in tasks} == {(job_id, str(s)) for s in ["", *range(len(rules))]}, text
+        assert {devices for _, _, devices in tasks} == ({"0"} if model_job else {"unset"}), (rules, tasks)
+        assert len(rules) == 1 or set(rules) <= grouped, rules
+        for rule in rules:
+            ran[rule] = ran.get(rule, 0) + 1
+    assert ran == {rule: n for rule, n in planned_counts(output).items() if rule not in LOCAL_RULES}
+    assert MODEL_RULES <= set(ran)
+    assert len(submissions(output)) < sum(ran.values()), "the profile's analysis group did not run as one job"
+
+
+def comparable(path):
+    """A result file's content, without what differs between runs (generation timings); others hashed."""
+    if path.suffix == ".h5":
+        with h5py.File(path) as h5:
+            content = {"attrs": dict(h5.attrs)}
+            h5.visititems(lambda name, item: content.update(
+                {name: item[()] if isinstance(item, h5py.Dataset) else dict(item.attrs)}))
+            return content
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        if "generations" in path.parts:
+            data.pop("timings")
+        return data
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def result_files(directory):
+    results = directory / "results"
+    return sorted(p.relative_to(results) for p in results.rglob("*")
+                  if p.is_file() and not {"logs", "benchmarks", "models"} & set(p.relative_to(results).parts))
+
+
+def test_outputs_match_a_local_run(slurm_study, local_study):
+    directory, _, _ = slurm_study
+    files = result_files(local_study)
+    assert files == result_files(directory) and len(files) > 20
+    for name in files:
+        local, on_slurm = comparable(local_study / "results" / name), comparable(directory / "results" / name)
+        np.testing.assert_equal(on_slurm, local, err_msg=str(name))
+
+
+def test_rerun_submits_nothing(slurm_study):
+    directory, _, profile = slurm_study
+    jobs_before = squeue()
+    output = snakemake_on_slurm(directory, profile, "rerun")
+    assert "Nothing to be done" in output and submissions(output) == {}
+    assert squeue() == jobs_before
