@@ -21,6 +21,7 @@ include: "rules/statistics.smk"
 include: "rules/entropy.smk"
 include: "rules/judge.smk"
 include: "rules/probes.smk"
+include: "rules/injection.smk"
 include: "rules/report.smk"
 
 

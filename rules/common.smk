@@ -55,6 +55,29 @@ if config["judge"]["model"] not in MODELS:
     )
 PER_PROMPT_JOBS = config["jobs"]["granularity"] == "prompt"
 
+INJECTION = config["injection"]
+WORD_EXPERIMENTS = {
+    "detection_logits",
+    "detection_responses",
+    "forced_identification",
+    "thought_vs_text",
+    "prefill_intent",
+    "intentional_control",
+}
+for name in INJECTION["models"]:
+    if name not in MODELS:
+        raise WorkflowError(
+            f"config key 'injection.models': {name!r} is not one of the models ({', '.join(MODELS)})"
+        )
+if (
+    INJECTION["vector_method"] == "contrastive"
+    and set(INJECTION["experiments"]) & WORD_EXPERIMENTS
+):
+    raise WorkflowError(
+        "config key 'injection.vector_method': contrastive vectors are named by sentence pair, not by "
+        f"concept word, so they serve localization only, not {sorted(set(INJECTION['experiments']) & WORD_EXPERIMENTS)}"
+    )
+
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
@@ -127,6 +150,40 @@ def get_model_generations(wildcards):
     )
 
 
+def number(value):
+    """A layer fraction or strength as it appears in paths: 0.5, 2, 0.25."""
+    return f"{value:g}"
+
+
+INJECTION_LAYERS = [number(f) for f in INJECTION["layer_fractions"]]
+
+
+def injection_strengths(experiment):
+    """Intentional control injects nothing (the model is asked to think of the word): strength 0 only."""
+    if experiment == "intentional_control":
+        return ["0"]
+    return [number(s) for s in INJECTION["strengths"]]
+
+
+def injection_cells(experiment):
+    """Every (model, layer, strength) output of one experiment; graded responses for detection_responses."""
+    folder = "detection_graded" if experiment == "detection_responses" else experiment
+    return expand(
+        "results/injection/{folder}/{model}/layer{layer}_strength{strength}.json",
+        folder=folder,
+        model=INJECTION["models"],
+        layer=INJECTION_LAYERS,
+        strength=injection_strengths(experiment),
+    )
+
+
+def injection_statistics_outputs():
+    tables = list(INJECTION["experiments"])
+    if "localization" in tables:
+        tables += ["localization_margins", "localization_answers"]
+    return {t: f"results/statistics/injection_{t}.csv" for t in tables}
+
+
 def get_study_outputs():
     patterns = [
         "results/generations/{model}/{prompt}.json",
@@ -138,13 +195,21 @@ def get_study_outputs():
         for pattern in patterns
         for path in expand(pattern, model=MODELS, prompt=PROMPT_IDS)
     ]
-    return per_prompt + [
-        "results/statistics/content_statistics.csv",
-        "results/statistics/mixed_effects.json",
-        "results/statistics/scaling_statistics.json",
-        "results/statistics/entropy_statistics_enhanced.csv",
-        "results/statistics/entropy_profiles.csv",
-        "results/statistics/agreement_statistics.json",
-        "results/statistics/probing_statistics.json",
-        "results/report.md",
-    ]
+    return (
+        per_prompt
+        + [
+            "results/statistics/content_statistics.csv",
+            "results/statistics/mixed_effects.json",
+            "results/statistics/scaling_statistics.json",
+            "results/statistics/entropy_statistics_enhanced.csv",
+            "results/statistics/entropy_profiles.csv",
+            "results/statistics/agreement_statistics.json",
+            "results/statistics/probing_statistics.json",
+            "results/report.md",
+        ]
+        + (
+            ["results/statistics/injection_statistics.json"]
+            if INJECTION["models"]
+            else []
+        )
+    )

@@ -55,8 +55,50 @@ rule figures:
         "../workflow/scripts/figures.py"
 
 
+INJECTION_FIGURES = (
+    ["injection_sweep", "injection_heatmaps"]
+    + (["localization_answers"] if "localization" in INJECTION["experiments"] else [])
+    if INJECTION["models"]
+    else []
+)
+
+
+rule injection_figures:
+    input:
+        **injection_statistics_outputs(),
+    output:
+        **{
+            name: report(
+                f"results/figures/{name}.png",
+                caption=f"../report/captions/{name}.rst",
+                category="Concept injection",
+            )
+            for name in INJECTION_FIGURES
+        },
+    log:
+        "results/logs/injection_figures.log",
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    script:
+        "../workflow/scripts/injection_figures.py"
+
+
+def get_injection_report_inputs(wildcards):
+    """The injection statistics and figures, when the config runs injection."""
+    if not INJECTION["models"]:
+        return {}
+    return {
+        "injection": "results/statistics/injection_statistics.json",
+        "injection_figures": expand(
+            "results/figures/{name}.png", name=INJECTION_FIGURES
+        ),
+    }
+
+
 rule report:
     input:
+        unpack(get_injection_report_inputs),
         generations=expand(
             "results/generations/{model}/{prompt}.json",
             model=MODELS,
@@ -92,6 +134,7 @@ rule report:
                 "judge",
                 "coding",
                 "statistics",
+                "injection",
             )
         },
     script:

@@ -21,10 +21,11 @@ from llm_introspection.errors import InputError
 from llm_introspection.injection import (
     CRITERIA, INSTRUCTIONS, Trial, answer_start, detection_prompt, first_token_ids,
     grade_responses, load_detection_texts, load_grading_rubric, load_localization_texts, load_thought_texts,
-    localization_prompt, open_cell, option_answers, provenance, read_continuations, read_options, read_records,
+    localization_prompt, open_cell, option_answers, provenance, read_continuations, read_options,
     run_detection_logits, run_detection_responses, run_forced_identification, run_intentional_control,
     run_localization, run_prefill_intent, run_thought_vs_text, write_records,
 )
+from llm_introspection.injection_statistics import read_records
 from llm_introspection.sampling import SamplingParams, eos_token_ids, sample_completions
 from llm_introspection.steering import Positions, steer, token_span
 from llm_introspection.tracing import capture_residual, decoder_layers

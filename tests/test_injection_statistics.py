@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from llm_introspection.injection import read_records, write_records
+from llm_introspection.injection import write_records
+from llm_introspection.injection_statistics import read_records
 from llm_introspection.injection_statistics import (
     MEASURE_COLUMNS, binomial_p, detection_logit_statistics, detection_response_statistics,
     forced_identification_statistics, intentional_control_statistics, json_ready, localization_statistics,

@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .analysis import DIMENSIONS  # noqa: E402
+from .injection_statistics import INJECTION_HEADLINES  # noqa: E402
 from .prompts import PROMPT_TYPES  # noqa: E402
 from .report import JUDGE_DIMENSIONS  # noqa: E402
 from .storage import atomic_path  # noqa: E402
@@ -26,6 +27,11 @@ def _save(figure, path):
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", metadata=PNG_METADATA)
     plt.close(figure)
+
+
+def _error_bars(estimate, low, high):
+    """Error bar lengths below and above each estimate (0 where rounding puts a bound past it)."""
+    return [(estimate - low).clip(lower=0), (high - estimate).clip(lower=0)]
 
 
 def _long_scores(table, columns, names):
@@ -76,7 +82,7 @@ def first_token_entropy(statistics, path):
         for offset, model in enumerate(models):
             data = rows[(rows["dimension"] == dimension) & (rows["model"] == model)].set_index("prompt_type").reindex(order)
             x = [i + (offset - (len(models) - 1) / 2) * 0.15 for i in range(len(order))]
-            axis.errorbar(x, data["mean_a"], yerr=[data["mean_a"] - data["mean_a_low"], data["mean_a_high"] - data["mean_a"]],
+            axis.errorbar(x, data["mean_a"], yerr=_error_bars(data["mean_a"], data["mean_a_low"], data["mean_a_high"]),
                           fmt="o", capsize=3, label=model)
         axis.set_xticks(range(len(order)), order, rotation=20)
         axis.set_title(f"first-token entropy, {title}")
@@ -128,6 +134,80 @@ def agreement_matrix(coded, judged, dimensions, path):
         sns.heatmap(counts, annot=True, fmt="d", cbar=False, cmap="Blues", ax=axis)
         axis.set(title=dimension, xlabel="judge (argmax)", ylabel="keyword level")
     _save(figure, path)
+
+
+def _headline_rows(experiment, table):
+    """(headline rows, control rows) of one experiment's table; localization: the injected trials
+    of each question (the controls are the other questions and the random vector)."""
+    measure, control = INJECTION_HEADLINES[experiment]
+    if experiment == "localization":
+        return table[table["kind"] == "injected"], table[table["kind"] == "random"]
+    return table[table["measure"] == measure], table[table["measure"] == control]
+
+
+def injection_sweep(tables, path):
+    """Each experiment's headline rate by strength (Wilson CI), one line per layer (and question,
+    for localization); the control as a dashed line; chance dotted where there is one."""
+    figure, axes = plt.subplots(1, len(tables), figsize=(4.6 * len(tables), 3.6), squeeze=False)
+    for axis, (experiment, table) in zip(axes[0], tables.items()):
+        rows, controls = _headline_rows(experiment, table)
+        split = ["model", "layer"] + (["question"] if experiment == "localization" else [])
+        for (key, data), color in zip(rows.groupby(split, sort=True), sns.color_palette(n_colors=12)):
+            data = data.sort_values("strength_relative")
+            axis.errorbar(data["strength_relative"], data["estimate"],
+                          yerr=_error_bars(data["estimate"], data["low"], data["high"]),
+                          fmt="o-", capsize=3, color=color, label=", ".join(map(str, key[1:])))
+            control = controls.merge(data[split].drop_duplicates(), on=split).sort_values("strength_relative")
+            axis.plot(control["strength_relative"], control["estimate"], "--", color=color, alpha=0.7)
+        if rows["chance"].notna().any():
+            axis.axhline(rows["chance"].dropna().iloc[0], color="grey", linestyle=":", linewidth=1)
+        axis.set(title=f"{experiment}: {INJECTION_HEADLINES[experiment][0]}", xlabel="strength (x mean residual norm)",
+                 ylabel="estimate")
+        axis.legend(fontsize=6, title="layer" + (", question" if experiment == "localization" else ""), title_fontsize=7)
+    _save(figure, path)
+
+
+def injection_heatmaps(tables, path):
+    """The headline estimate over layer x strength, one panel per (experiment, model); for
+    localization the introspection question's accuracy is shown per question as rows."""
+    panels = []
+    for experiment, table in tables.items():
+        rows, _ = _headline_rows(experiment, table)
+        for model, data in rows.groupby("model", sort=True):
+            index = ["layer", "question"] if experiment == "localization" else ["layer"]
+            panels.append((f"{experiment}\n{model}", data.pivot_table(index=index, columns="strength_relative",
+                                                                      values="estimate", aggfunc="first")))
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.4), squeeze=False)
+    for axis, (title, grid) in zip(axes[0], panels):
+        sns.heatmap(grid, annot=True, fmt=".2f", cbar=False, cmap="viridis", ax=axis)
+        axis.set(title=title, xlabel="strength", ylabel=" / ".join(grid.index.names))
+        axis.title.set_fontsize(8)
+    _save(figure, path)
+
+
+def localization_answers(answers, path):
+    """Share of each answer (1..N) per injected position, per question, at every (layer, strength)
+    cell: the diagonal is a correct answer, a column that is dark everywhere is a position bias."""
+    injected = answers[answers["kind"] == "injected"]
+    cells = list(injected.groupby(["model", "layer", "strength_relative", "question"], sort=True))
+    columns = injected["question"].nunique()
+    rows = max(len(cells) // columns, 1)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3 * rows), squeeze=False)
+    for axis, ((model, layer, strength, question), data) in zip(axes.flat, cells):
+        grid = data.pivot_table(index="injected_position", columns="answer", values="share", aggfunc="first")
+        sns.heatmap(grid, vmin=0, vmax=1, cmap="Blues", cbar=False, annot=True, fmt=".1f", ax=axis)
+        axis.set(title=f"{question}: layer {layer}, strength {strength:g}", xlabel="answer", ylabel="injected in")
+        axis.title.set_fontsize(8)
+    _save(figure, path)
+
+
+def run_injection_figures(inputs, outputs):
+    """The injection figures from the injection_*.csv tables (`inputs`: experiment -> path)."""
+    tables = {experiment: pd.read_csv(path) for experiment, path in inputs.items() if experiment in INJECTION_HEADLINES}
+    injection_sweep(tables, outputs["injection_sweep"])
+    injection_heatmaps(tables, outputs["injection_heatmaps"])
+    if "localization_answers" in outputs:
+        localization_answers(pd.read_csv(inputs["localization_answers"]), outputs["localization_answers"])
 
 
 def run_figures(inputs, outputs, seed):

@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .concepts import VectorSet, load_vectors, matched_random_vectors
@@ -37,7 +36,7 @@ from .errors import InputError
 from .judge import _frame_head, _option_log_probs, _pad_id, answer_frame, judge_name, truncate_completion
 from .sampling import eos_token_ids, left_pad, sample_completions
 from .steering import Positions, relative_strength, steer, token_span
-from .storage import read_json, versions, write_json
+from .storage import versions, write_json
 from .tracing import capture_residual
 
 CRITERIA = ("coherent", "affirmative", "identifies", "detection_before_word")
@@ -758,8 +757,3 @@ def write_records(path, records, **provenance):
     model record, vectors=cell.provenance(), texts=provenance(texts), settings=...) and the
     package versions."""
     write_json(path, {**provenance, "versions": versions(), "n_records": len(records), "records": records})
-
-
-def read_records(paths):
-    """The records of the given record files as one table."""
-    return pd.DataFrame([record for path in paths for record in read_json(path)["records"]])

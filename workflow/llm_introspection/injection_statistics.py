@@ -18,13 +18,26 @@ import pandas as pd
 from scipy.stats import binomtest
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
+from .records import write_csv
 from .statistics import bootstrap_ci, holm
+from .storage import read_json, versions, write_json
 
 CELL = ("model", "layer", "vector_method", "strength_relative")
 MEASURE_COLUMNS = (
     *CELL, "measure", "estimate", "low", "high", "successes", "n", "reference_successes", "reference_n",
     "chance", "p_value", "p_holm",
 )
+
+# Per experiment: its headline measure and the control it is read against (injection_*.csv).
+INJECTION_HEADLINES = {
+    "detection_logits": ("hit_rate", "false_alarm_rate"),
+    "detection_responses": ("detected_and_identified", "false_alarm_rate"),
+    "forced_identification": ("top1_injected", "top1_control"),
+    "localization": ("accuracy", None),
+    "thought_vs_text": ("thought_top1_injected", "thought_top1_control"),
+    "prefill_intent": ("intent_injected", "intent_control"),
+    "intentional_control": ("cosine_think", "cosine_dont_think"),
+}
 
 
 # --- intervals and tests ------------------------------------------------------------------------
@@ -265,3 +278,36 @@ def _answer_distribution(group, keys):
 def json_ready(tables):
     """A dict of tables as JSON-ready lists of records (NaN becomes null)."""
     return {name: json.loads(table.to_json(orient="records")) for name, table in tables.items()}
+
+
+def read_records(paths):
+    """The records of the given record files (injection.write_records) as one table."""
+    return pd.DataFrame([record for path in paths for record in read_json(path)["records"]])
+
+
+def experiment_tables(experiment, records, seed=0):
+    """The statistics tables of one experiment's records, by output name (injection_<name>.csv)."""
+    if experiment == "localization":
+        tables = localization_statistics(records)
+        return {"localization": tables["accuracy"], "localization_margins": tables["margins"],
+                "localization_answers": tables["answers"]}
+    if experiment == "detection_logits":
+        return {experiment: detection_logit_statistics(records)}
+    if experiment == "detection_responses":
+        return {experiment: detection_response_statistics(records)}
+    statistics = {"forced_identification": forced_identification_statistics, "thought_vs_text": thought_vs_text_statistics,
+                  "prefill_intent": prefill_intent_statistics, "intentional_control": intentional_control_statistics}
+    return {experiment: statistics[experiment](records, seed)}
+
+
+def run_injection_statistics(inputs, outputs, seed):
+    """injection_<table>.csv for every table of every experiment (`inputs`: experiment -> record
+    files; detection_responses -> graded files) and injection_statistics.json with all of them."""
+    tables, sources = {}, {}
+    for experiment, paths in inputs.items():
+        records = read_records(paths)
+        tables |= experiment_tables(experiment, records, seed)
+        sources[experiment] = {"files": len(paths), "records": len(records)}
+    for name, table in tables.items():
+        write_csv(outputs[name], table)
+    write_json(outputs["summary"], {"seed": seed, "sources": sources, "versions": versions(), "tables": json_ready(tables)})

@@ -7,10 +7,16 @@ from pathlib import Path
 import pandas as pd
 
 from .analysis import DIMENSIONS, describe_by_model
+from .injection_statistics import INJECTION_HEADLINES
 from .prompts import PROMPT_TYPES
 from .storage import read_json, versions, write_text
 
 JUDGE_DIMENSIONS = (*DIMENSIONS, "introspective_depth")
+INJECTION_FIGURE_CAPTIONS = (
+    ("injection_sweep", "Headline rate by strength (Wilson CIs); dashed: control; dotted: chance."),
+    ("injection_heatmaps", "Headline estimate over layer x strength."),
+    ("localization_answers", "Localization answers per injected sentence (diagonal = correct)."),
+)
 
 
 def _number(value, digits=2):
@@ -188,6 +194,52 @@ def caveats(models, coded, judged, content, settings):
     return found
 
 
+def _injection_rows(tables):
+    """The headline rows of every injection experiment, beside the control they are read against."""
+    rows = []
+    for experiment, records in tables.items():
+        if experiment not in INJECTION_HEADLINES:
+            continue
+        table = pd.DataFrame(records)
+        measure, control = INJECTION_HEADLINES[experiment]
+        if experiment == "localization":
+            chosen = table[table["kind"].isin(["injected", "random"])]
+        else:
+            chosen = table[table["measure"].isin([measure, control])]
+        for r in chosen.itertuples():
+            label = f"{r.measure} ({r.question}, {r.kind})" if experiment == "localization" else r.measure
+            rows.append({"experiment": experiment, "model": r.model, "layer": r.layer, "strength": r.strength_relative,
+                         "measure": label, "estimate [95% CI]": _interval(r.estimate, r.low, r.high),
+                         "n": int(r.n), "chance": r.chance, "p vs chance (Holm)": r.p_holm})
+    return pd.DataFrame(rows)
+
+
+def _injection(summary, settings, figures):
+    tables = summary["tables"]
+    margins = pd.DataFrame(tables.get("localization_margins", []))
+    sections = [
+        "## Concept injection",
+        f"Models {', '.join(settings['models'])}; {settings['vector_method']} vectors of the first "
+        f"{settings['n_concepts']} concepts, injected at layer fractions {settings['layer_fractions']} with strengths "
+        f"{settings['strengths']} x the layer's mean residual norm (first position excluded). Rates with Wilson "
+        "intervals; p against chance by exact binomial tests, Holm within each cell.",
+        *[_figure(name, caption) for name, caption in figures],
+        markdown_table(_injection_rows(tables)),
+    ]
+    if not margins.empty:
+        margins = margins.assign(cell=[_interval(r.estimate, r.low, r.high) for r in margins.itertuples()])
+        sections += ["Localization: the introspection question's accuracy minus each control (Newcombe intervals):",
+                     markdown_table(margins[["model", "layer", "strength_relative", "question", "kind", "cell"]]
+                                    .rename(columns={"cell": "margin [95% CI]"}))]
+    sections.append(
+        "Reading these: forced identification and the logit metric read the next-token distribution the vector "
+        "itself pushes towards its word, so a high injected rate alone shows the steering works, not awareness; "
+        "the evidence for introspection is a hit rate above the false-alarm rate on the same question, and a "
+        "localization accuracy above every control question and above the random vector (the answer "
+        "distribution shows position bias). Small models are not expected to pass these controls.")
+    return sections
+
+
 def write_report(inputs, output_path, settings):
     """Write the markdown report from the workflow's files (`inputs`: named paths/lists)."""
     models = [read_json(path)["model"] for path in inputs["generations"]]
@@ -231,6 +283,9 @@ def write_report(inputs, output_path, settings):
         "Best layer per task and subset (accuracy with its controls; p from the label permutations, Holm-corrected "
         "over layers):",
         _probes(probing),
+        *(_injection(read_json(inputs["injection"]), settings["injection"],
+                     [(n, c) for n, c in INJECTION_FIGURE_CAPTIONS if any(Path(f).stem == n for f in inputs["injection_figures"])])
+          if "injection" in inputs else []),
         "## Mixed-effects models (family as random effect) and scaling",
         _mixed_effects(mixed),
         _scaling(scaling),
