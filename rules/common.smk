@@ -184,6 +184,35 @@ def injection_statistics_outputs():
     return {t: f"results/statistics/injection_{t}.csv" for t in tables}
 
 
+FIGURES = (
+    "keyword_scores",
+    "judge_scores",
+    "agreement",
+    "first_token_entropy",
+    "entropy_profiles",
+    "probe_accuracy",
+    "activation_embeddings",
+)
+INJECTION_FIGURES = (
+    ["injection_sweep", "injection_heatmaps"]
+    + (["localization_answers"] if "localization" in INJECTION["experiments"] else [])
+    if INJECTION["models"]
+    else []
+)
+
+
+def get_injection_report_inputs(wildcards):
+    """The injection statistics and figures, when the config runs injection."""
+    if not INJECTION["models"]:
+        return {}
+    return {
+        "injection": "results/statistics/injection_statistics.json",
+        "injection_figures": expand(
+            "results/figures/{name}.png", name=INJECTION_FIGURES
+        ),
+    }
+
+
 def get_study_outputs():
     patterns = [
         "results/generations/{model}/{prompt}.json",

@@ -19,10 +19,10 @@ rule concept_vectors:
         ],
     output:
         "results/injection/vectors/{model}/layer{layer}.h5",
-    wildcard_constraints:
-        layer="[0-9.]+",
     log:
         "results/logs/concept_vectors/{model}/layer{layer}.log",
+    wildcard_constraints:
+        layer="[0-9.]+",
     conda:
         "../envs/model.yaml"
     threads: 2

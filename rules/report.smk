@@ -1,14 +1,3 @@
-FIGURES = (
-    "keyword_scores",
-    "judge_scores",
-    "agreement",
-    "first_token_entropy",
-    "entropy_profiles",
-    "probe_accuracy",
-    "activation_embeddings",
-)
-
-
 rule embeddings:
     input:
         activations=expand(
@@ -55,14 +44,6 @@ rule figures:
         "../workflow/scripts/figures.py"
 
 
-INJECTION_FIGURES = (
-    ["injection_sweep", "injection_heatmaps"]
-    + (["localization_answers"] if "localization" in INJECTION["experiments"] else [])
-    if INJECTION["models"]
-    else []
-)
-
-
 rule injection_figures:
     input:
         **injection_statistics_outputs(),
@@ -82,18 +63,6 @@ rule injection_figures:
     threads: 1
     script:
         "../workflow/scripts/injection_figures.py"
-
-
-def get_injection_report_inputs(wildcards):
-    """The injection statistics and figures, when the config runs injection."""
-    if not INJECTION["models"]:
-        return {}
-    return {
-        "injection": "results/statistics/injection_statistics.json",
-        "injection_figures": expand(
-            "results/figures/{name}.png", name=INJECTION_FIGURES
-        ),
-    }
 
 
 rule report:
