@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,3 +125,38 @@ def snakemake(directory, *args, check=True, timeout=900):
     if check and result.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+class TupleBlock(torch.nn.Module):
+    """A stand-in decoder layer returning a tuple, like most transformers layers."""
+
+    def forward(self, hidden_states):
+        return (hidden_states * 2, "extra")
+
+
+class TensorBlock(torch.nn.Module):
+    """A stand-in decoder layer returning a bare tensor."""
+
+    def forward(self, hidden_states):
+        return hidden_states + 1
+
+
+class Trunk(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([TupleBlock(), TensorBlock()])
+
+    def forward(self, x, attention_mask=None):
+        x = self.layers[0](hidden_states=x)[0]  # a keyword input, as transformers passes it
+        return self.layers[1](x)
+
+
+class StandInModel(torch.nn.Module):
+    """A model whose decoder (get_decoder().layers) has a tuple layer and a tensor layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = Trunk()
+
+    def get_decoder(self):
+        return self.trunk

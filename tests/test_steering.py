@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_GEMMA3, TINY_LLAMA, load_tiny
+from conftest import TINY_GEMMA3, TINY_LLAMA, StandInModel, load_tiny
 from llm_introspection.concepts import mean_residual_norm
 from llm_introspection.errors import InputError
 from llm_introspection.sampling import SamplingParams, left_pad, sample_completions
@@ -225,37 +225,9 @@ def test_relative_strength_scales_the_vector_to_a_fraction_of_the_norm():
 
 # --- layer outputs and errors -------------------------------------------------------------------
 
-class TupleBlock(torch.nn.Module):
-    def forward(self, hidden_states):
-        return (hidden_states * 2, "extra")
-
-
-class TensorBlock(torch.nn.Module):
-    def forward(self, hidden_states):
-        return hidden_states + 1
-
-
-class Trunk(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.ModuleList([TupleBlock(), TensorBlock()])
-
-    def forward(self, x, attention_mask=None):
-        return self.layers[1](self.layers[0](x)[0])
-
-
-class Wrapper(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.trunk = Trunk()
-
-    def get_decoder(self):
-        return self.trunk
-
-
 @pytest.mark.parametrize("index", [1, 2], ids=["tuple", "tensor"])
 def test_tuple_and_tensor_layer_outputs_with_left_padding(index):
-    model, x = Wrapper(), torch.ones(2, 3, 4)
+    model, x = StandInModel(), torch.ones(2, 3, 4)
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
     vector = torch.arange(4.0)
     plain, outputs = model.trunk(x, attention_mask=mask), {}

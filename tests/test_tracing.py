@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_GEMMA3, TINY_LLAMA, load_tiny
+from conftest import TINY_GEMMA3, TINY_LLAMA, StandInModel, load_tiny
 from llm_introspection.tracing import capture_residual, decoder_layers, hidden_state_indices, trace_prompts
 
 
@@ -42,37 +42,8 @@ def test_hooks_are_removed_when_the_forward_raises(tokenizer_dir, tmp_path):
     assert not any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers)
 
 
-class TupleBlock(torch.nn.Module):
-    def forward(self, hidden_states):
-        return (hidden_states * 2, "extra")
-
-
-class TensorBlock(torch.nn.Module):
-    def forward(self, hidden_states):
-        return hidden_states + 1
-
-
-class Trunk(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.ModuleList([TupleBlock(), TensorBlock()])
-
-    def forward(self, x):
-        x = self.layers[0](hidden_states=x)[0]
-        return self.layers[1](x)
-
-
-class Wrapper(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.trunk = Trunk()
-
-    def get_decoder(self):
-        return self.trunk
-
-
 def test_capture_handles_tuple_and_tensor_outputs_and_keyword_inputs():
-    model = Wrapper()
+    model = StandInModel()
     x = torch.ones(1, 2, 3)
     with capture_residual(model, [0, 1, 2]) as captured:
         model.trunk(x)
