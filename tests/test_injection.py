@@ -367,11 +367,11 @@ def test_grading_prompts_name_the_concept_and_the_response(llama, rubric, det, m
     model, tokenizer = llama
     seen = []
 
-    def fake_log_probs(model, sequences, option_ids, pad_id, batch_size):
+    def fake_log_probs(model, tokenizer, sequences, option_ids, batch_size, setting):
         seen.extend(tokenizer.decode(s) for s in sequences)
         return torch.log(torch.tensor([[0.3, 0.1]] * len(sequences), dtype=torch.float64))
 
-    monkeypatch.setattr(injection, "_option_log_probs", fake_log_probs)
+    monkeypatch.setattr(injection, "option_log_probs", fake_log_probs)
     graded = grade_responses(model, tokenizer, RESPONSES, rubric, det.question)
     assert len(seen) == 4 + 2
     assert all(det.question in text and text.rstrip().endswith("Answer:") for text in seen)
@@ -394,6 +394,13 @@ def test_planted_grader_verdicts_follow_its_yes_and_no(planted, rubric, det, dir
     assert graded[0]["detected_and_identified"] is verdict
     assert [graded[1][c] for c in CRITERIA] == [verdict, verdict, None, None]
     assert graded[0]["rubric_sha256"] == rubric.sha256 and not graded[0]["truncated"]
+
+
+def test_a_grading_prompt_longer_than_the_context_is_refused(llama, rubric, det, monkeypatch):
+    model, tokenizer = llama
+    monkeypatch.setattr(model.config, "max_position_embeddings", 64)
+    with pytest.raises(InputError, match=r"more than its context of 64; lower max_response_tokens \(now 256\)"):
+        grade_responses(model, tokenizer, RESPONSES, rubric, det.question)
 
 
 # --- localization records -----------------------------------------------------------------------

@@ -33,7 +33,9 @@ import torch
 from .concepts import VectorSet, load_vectors, matched_random_vectors
 from .config import read_yaml, validate
 from .errors import InputError
-from .judge import _frame_head, _option_log_probs, _pad_id, answer_frame, judge_name, truncate_completion
+from .judge import (
+    answer_frame, encode, framed_ids, judge_name, next_token_log_probs, option_log_probs, truncate_completion,
+)
 from .sampling import eos_token_ids, left_pad, sample_completions
 from .steering import Positions, relative_strength, steer, token_span
 from .storage import versions, write_json
@@ -291,10 +293,6 @@ def answer_start(prefill, chat):
     return prefill if chat else " " + prefill
 
 
-def _encode(tokenizer, text):
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def _encode_marked(tokenizer, text, chat, marks, path):
     """Token ids of a rendered prompt (a chat text holds its special tokens; a plain transcript
     gets the tokenizer's, as in prompts.render_prompt) and the token span of each marked string,
@@ -316,7 +314,7 @@ def conversation_ids(tokenizer, messages, chat, marks, prefill, path):
     token span [start, end) of each marked string, in order of appearance."""
     head = render_conversation(tokenizer, messages, chat)
     ids, spans = _encode_marked(tokenizer, head, chat, marks, path)
-    return ids + _encode(tokenizer, prefill), spans
+    return ids + encode(tokenizer, prefill), spans
 
 
 def detection_prompt(tokenizer, texts, chat, prefill=""):
@@ -366,17 +364,11 @@ def _steering(model, layer, trials):
 def read_options(model, layer, trials, option_ids, batch_size):
     """(len(trials), len(option_ids)) float64: log-probabilities (full softmax) of the option tokens
     as the next token after each trial's ids, every trial steered at hidden state `layer` as it says."""
-    options = torch.tensor(option_ids, device=model.device)
     out = np.empty((len(trials), len(option_ids)))
     for begin in range(0, len(trials), batch_size):
         batch = trials[begin : begin + batch_size]
-        ids, mask, positions = left_pad([t.ids for t in batch], _PAD_ID, model.device)
         with _steering(model, layer, batch):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                           logits_to_keep=1).logits[:, -1].float()
-        log_probs = torch.log_softmax(logits, dim=-1)  # the full vocabulary, for this batch only
-        out[begin : begin + len(batch)] = log_probs[:, options].double().cpu().numpy()
-        del logits, log_probs
+            out[begin : begin + len(batch)] = next_token_log_probs(model, [t.ids for t in batch], option_ids, _PAD_ID)
     return out
 
 
@@ -497,10 +489,10 @@ def run_detection_responses(model, tokenizer, cell, texts, params, samples=1, se
 def first_token_ids(tokenizer, prefill, words):
     """Per word, the id of the first token of " word" right after `prefill`; InputError when the
     prefill's own tokens change."""
-    base = _encode(tokenizer, prefill)
+    base = encode(tokenizer, prefill)
     ids = []
     for word in words:
-        full = _encode(tokenizer, f"{prefill} {word}")
+        full = encode(tokenizer, f"{prefill} {word}")
         if full[: len(base)] != base or len(full) == len(base):
             raise InputError(f"tokenizer {judge_name(tokenizer)}: {word!r} after the prefill {prefill!r} "
                              "does not start a token of its own")
@@ -632,7 +624,7 @@ def run_thought_vs_text(model, tokenizer, cell, texts, sentences, n_trials, seed
                     (fields | {"kind": "control"}, Trial(tuple(ids)))]
         ids, [span] = conversation_ids(tokenizer, [_asking(texts.repeat_question, sentence)], cell.chat, [sentence],
                                        "", texts.path)
-        answer = _encode(tokenizer, answer_start(sentence, cell.chat))
+        answer = encode(tokenizer, answer_start(sentence, cell.chat))
         fields |= {"n_tokens": len(answer)}  # thought's rows hold copies made before
         text += [(fields | {"kind": "injected"}, Trial(tuple(ids + answer), *span, vector, strength)),
                  (fields | {"kind": "control"}, Trial(tuple(ids + answer)))]
@@ -692,7 +684,7 @@ def run_intentional_control(model, tokenizer, cell, texts, sentences, n_trials, 
     rows = []
     for t, (index, name) in enumerate(_sentence_trials(sentences, n_trials, cell.concepts(concepts), seed)):
         sentence = sentences[index]
-        answer = _encode(tokenizer, answer_start(sentence, cell.chat))
+        answer = encode(tokenizer, answer_start(sentence, cell.chat))
         for instruction in INSTRUCTIONS:
             message = texts.instructions[instruction].format(sentence=sentence, word=concept_word(name))
             ids, _ = conversation_ids(tokenizer, [message], cell.chat, [], "", texts.path)
@@ -729,16 +721,10 @@ def grade_responses(model, tokenizer, responses, rubric, question, max_response_
             user = rubric.user_template.format(
                 instructions=rubric.instructions, question=question, response=text,
                 criterion=rubric.criteria[criterion].format(word=word), options=" or ".join(rubric.options))
-            head, special = _frame_head(tokenizer, rubric.system, user)
-            head_ids = list(tokenizer(head, add_special_tokens=special)["input_ids"])
-            sequences.append(head_ids + _encode(tokenizer, frame.prefill))
+            sequences.append(framed_ids(tokenizer, rubric.system, user, frame.prefill))
             owners.append((index, criterion))
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and max(map(len, sequences)) > limit:
-        raise InputError(f"grader {judge_name(tokenizer)}: a grading prompt has {max(map(len, sequences))} tokens, "
-                         f"more than its context of {limit}; lower max_response_tokens (now {max_response_tokens})")
-    model.eval()
-    log_probs = _option_log_probs(model, sequences, list(frame.option_ids), _pad_id(tokenizer), batch_size)
+    log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size,
+                                 f"max_response_tokens (now {max_response_tokens})")
     probs, _, mass = option_answers(log_probs.numpy())
     for record in graded:
         record.update({name: None for c in CRITERIA for name in (f"p_{c}", c, f"mass_{c}")})

@@ -86,7 +86,8 @@ def load_rubric(path, schema_path):
     )
 
 
-def _encode(tokenizer, text):
+def encode(tokenizer, text):
+    """Token ids of `text`, without the tokenizer's special tokens."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -102,10 +103,10 @@ def option_token_ids(tokenizer, options, prefill):
     tokenizer's own way of joining them (" 0" as one token, or a space and "0") is what counts.
     InputError names the judge and the option when that is not exactly one extra token.
     """
-    base = _encode(tokenizer, prefill)
+    base = encode(tokenizer, prefill)
     ids = []
     for option in options:
-        full = _encode(tokenizer, prefill + option)
+        full = encode(tokenizer, prefill + option)
         if full[: len(base)] != base or len(full) != len(base) + 1:
             extra = full[len(base):] if full[: len(base)] == base else full
             raise InputError(
@@ -139,7 +140,7 @@ def truncate_completion(tokenizer, text, max_tokens, marker):
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise InputError(f"judge max_completion_tokens must be a positive integer, got {max_tokens!r}")
     text = text or ""
-    ids = _encode(tokenizer, text)
+    ids = encode(tokenizer, text)
     if len(ids) <= max_tokens:
         return text, False
     return tokenizer.decode(ids[:max_tokens]) + marker, True
@@ -179,10 +180,18 @@ def _frame_head(tokenizer, system, user):
     return (f"{system}\n\n{user}\n\n" if system else f"{user}\n\n"), True
 
 
+def framed_ids(tokenizer, system, user, prefill):
+    """Token ids of a one-turn prompt answered with `prefill`: through the chat template when the
+    tokenizer has one (system message, user message, then the assistant turn), else as plain text
+    (system text, user message, prefill). The prefill is tokenized alone, exactly as
+    option_token_ids saw it."""
+    head, special = _frame_head(tokenizer, system, user)
+    return list(tokenizer(head, add_special_tokens=special)["input_ids"]) + encode(tokenizer, prefill)
+
+
 def _judge_ids(tokenizer, rubric, frame, dimension, completion_text, prompt_text):
-    head, special = _frame_head(tokenizer, rubric.system, render_user_message(rubric, dimension, completion_text, prompt_text))
-    # the prefill is tokenized alone, exactly as option_token_ids saw it
-    return list(tokenizer(head, add_special_tokens=special)["input_ids"]) + _encode(tokenizer, frame.prefill)
+    user = render_user_message(rubric, dimension, completion_text, prompt_text)
+    return framed_ids(tokenizer, rubric.system, user, frame.prefill)
 
 
 def build_judge_prompt(tokenizer, rubric, dimension, completion_text, prompt_text, max_completion_tokens):
@@ -205,22 +214,33 @@ def _pad_id(tokenizer):
     return 0
 
 
+def next_token_log_probs(model, sequences, option_ids, pad_id):
+    """(len(sequences), n_options) float64 log-probabilities (full softmax) of the options as the
+    next token after each sequence, in one left-padded forward pass under whatever hooks are on."""
+    ids, mask, positions = left_pad(sequences, pad_id, model.device)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                   logits_to_keep=1).logits[:, -1].float()
+    log_probs = torch.log_softmax(logits, dim=-1)  # the full vocabulary, for this batch only
+    return log_probs[:, torch.tensor(option_ids, device=model.device)].double().cpu()
+
+
 @torch.inference_mode()
-def _option_log_probs(model, sequences, option_ids, pad_id, batch_size):
-    """(len(sequences), n_options) float64 log-probabilities of the options as the next token."""
-    device = model.device
-    options = torch.tensor(option_ids, device=device)
+def option_log_probs(model, tokenizer, sequences, option_ids, batch_size, setting):
+    """(len(sequences), n_options) float64 log-probabilities of the options as the next token,
+    batched longest first; InputError naming the model and `setting` (the knob that shortens the
+    prompts) when a sequence is longer than the model's context."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max(map(len, sequences))
+    if limit is not None and longest > limit:
+        raise InputError(f"judge {judge_name(tokenizer)}: a judge prompt has {longest} tokens, more than its "
+                         f"context of {limit}; lower {setting}")
+    model.eval()
     out = torch.empty((len(sequences), len(option_ids)), dtype=torch.float64)
     # longest first, so a batch pads little; each row's result is independent of its batch mates
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        ids, mask, positions = left_pad([sequences[i] for i in rows], pad_id, device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                       logits_to_keep=1).logits[:, -1].float()
-        log_probs = torch.log_softmax(logits, dim=-1)  # the full vocabulary, for this step only
-        out[rows] = log_probs[:, options].cpu().double()
-        del logits, log_probs
+        out[rows] = next_token_log_probs(model, [sequences[i] for i in rows], option_ids, _pad_id(tokenizer))
     return out
 
 
@@ -240,7 +260,6 @@ def score_completions(model, tokenizer, items, rubric, max_completion_tokens=512
         raise InputError(f"rubric file {rubric.path}: no dimension {', '.join(map(repr, unknown))} "
                          f"(it has {', '.join(rubric.dimensions)})")
     selected = [d for d in rubric.dimensions if dimensions is None or d in dimensions]
-    model.eval()
     frame = answer_frame(tokenizer, rubric)
     rows, sequences = [], []
     for index, (prompt_text, completion_text) in enumerate(items):
@@ -252,14 +271,8 @@ def score_completions(model, tokenizer, items, rubric, max_completion_tokens=512
             sequences.append(ids)
     if not sequences:
         return pd.DataFrame(columns=list(COLUMNS))
-    limit = getattr(model.config, "max_position_embeddings", None)
-    longest = max(len(s) for s in sequences)
-    if limit is not None and longest > limit:
-        raise InputError(
-            f"judge {judge_name(tokenizer)}: a judge prompt has {longest} tokens, more than its "
-            f"context of {limit}; lower max_completion_tokens (now {max_completion_tokens})"
-        )
-    log_probs = _option_log_probs(model, sequences, list(frame.option_ids), _pad_id(tokenizer), batch_size)
+    log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size,
+                                 f"max_completion_tokens (now {max_completion_tokens})")
     probs = torch.softmax(log_probs, dim=-1)
     mass = log_probs.exp().sum(-1)
     levels = torch.arange(len(frame.option_ids), dtype=torch.float64)
