@@ -34,7 +34,8 @@ from .concepts import VectorSet, load_vectors, matched_random_vectors
 from .config import read_yaml, validate
 from .errors import InputError
 from .judge import (
-    answer_frame, encode, framed_ids, judge_name, next_token_log_probs, option_log_probs, truncate_completion,
+    RubricText, answer_frame, encode, framed_ids, judge_name, next_token_log_probs, option_log_probs, rubric_text_fields,
+    truncate_completion,
 )
 from .sampling import eos_token_ids, left_pad, sample_completions
 from .steering import Positions, relative_strength, steer, token_span
@@ -93,17 +94,9 @@ class LocalizationTexts:
 
 
 @dataclass(frozen=True)
-class GradingRubric:
-    path: Path
-    version: int
-    sha256: str
-    system: str | None
-    instructions: str
-    user_template: str
-    prefill: str
-    separator: str
-    options: tuple  # yes, no
-    truncation_marker: str
+class GradingRubric(RubricText):
+    """A grading rubric: RubricText (options: yes, no) and one question per criterion."""
+
     criteria: dict  # name -> question, in CRITERIA order
 
 
@@ -203,11 +196,8 @@ def load_grading_rubric(path, schema_path):
         needs_word = name not in CONTROL_CRITERIA
         _check_fields(path, f"criteria.{name}", question, {"word"} if needs_word else set(),
                       {"word"} if needs_word else set())
-    return GradingRubric(
-        path, data["version"], sha256, data["system"], data["instructions"], data["user_template"],
-        data["prefill"], data["separator"], tuple(data["options"]), data["truncation_marker"],
-        {name: data["criteria"][name] for name in CRITERIA},
-    )
+    return GradingRubric(**rubric_text_fields(path, data, sha256),
+                         criteria={name: data["criteria"][name] for name in CRITERIA})
 
 
 # --- cells --------------------------------------------------------------------------------------

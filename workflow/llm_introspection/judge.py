@@ -34,7 +34,9 @@ class Dimension:
 
 
 @dataclass(frozen=True)
-class Rubric:
+class RubricText:
+    """What every rubric file holds: the prompt's texts and the answer options read after the prefill."""
+
     path: Path
     version: int
     sha256: str
@@ -45,6 +47,18 @@ class Rubric:
     separator: str
     options: tuple
     truncation_marker: str
+
+
+def rubric_text_fields(path, data, sha256):
+    """The RubricText fields of a validated rubric file's data, by name."""
+    return dict(path=path, version=data["version"], sha256=sha256, system=data["system"],
+                instructions=data["instructions"], user_template=data["user_template"], prefill=data["prefill"],
+                separator=data["separator"], options=tuple(data["options"]),
+                truncation_marker=data["truncation_marker"])
+
+
+@dataclass(frozen=True)
+class Rubric(RubricText):
     dimensions: dict  # name -> Dimension, in DIMENSIONS order
 
 
@@ -71,16 +85,7 @@ def load_rubric(path, schema_path):
             f"(its fields: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})"
         )
     return Rubric(
-        path=path,
-        version=data["version"],
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-        system=data["system"],
-        instructions=data["instructions"],
-        user_template=data["user_template"],
-        prefill=data["prefill"],
-        separator=data["separator"],
-        options=tuple(data["options"]),
-        truncation_marker=data["truncation_marker"],
+        **rubric_text_fields(path, data, hashlib.sha256(path.read_bytes()).hexdigest()),
         dimensions={name: Dimension(data["dimensions"][name]["question"], tuple(data["dimensions"][name]["levels"]))
                     for name in DIMENSIONS},
     )
