@@ -1,6 +1,7 @@
 """Concept injection through the real snakemake CLI on tiny random models."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -60,6 +61,7 @@ def test_every_cell_and_table_is_written(injection_study):
     assert {"top1_injected", "top1_control"} <= set(forced["measure"])
     report = (results / "report.md").read_text()
     assert "## Concept injection" in report
+    assert re.search(r"\| detection_logits \| tiny-instruct \| 2 \| 4[.0]* \| p_yes_above_control \|", report)
     for name in ("injection_sweep", "injection_heatmaps", "localization_answers"):
         assert (results / f"figures/{name}.png").read_bytes().startswith(b"\x89PNG")
         assert f"(figures/{name}.png)" in report

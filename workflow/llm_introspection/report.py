@@ -194,6 +194,10 @@ def caveats(models, coded, judged, content, settings):
     return found
 
 
+# measures shown beside an experiment's headline and control
+_INJECTION_COMPARISONS = {"detection_logits": ("p_yes_above_control",)}
+
+
 def _injection_rows(tables):
     """The headline rows of every injection experiment, beside the control they are read against."""
     rows = []
@@ -205,7 +209,7 @@ def _injection_rows(tables):
         if experiment == "localization":
             chosen = table[table["kind"].isin(["injected", "random"])]
         else:
-            chosen = table[table["measure"].isin([measure, control])]
+            chosen = table[table["measure"].isin([measure, control, *_INJECTION_COMPARISONS.get(experiment, ())])]
         for r in chosen.itertuples():
             label = f"{r.measure} ({r.question}, {r.kind})" if experiment == "localization" else r.measure
             rows.append({"experiment": experiment, "model": r.model, "layer": r.layer, "strength": r.strength_relative,
@@ -236,7 +240,10 @@ def _injection(summary, settings, figures):
         "itself pushes towards its word, so a high injected rate alone shows the steering works, not awareness; "
         "the evidence for introspection is a hit rate above the false-alarm rate on the same question, and a "
         "localization accuracy above every control question and above the random vector (the answer "
-        "distribution shows position bias). Small models are not expected to pass these controls.")
+        "distribution shows position bias). The logit metric has one control trial per cell (the unsteered "
+        "prompt is the same for every concept, so a repeat would be identical): its false-alarm rate is 0 or 1, "
+        "and the share of injected trials with P(yes) above the control's is the comparison to read. Small "
+        "models are not expected to pass these controls.")
     return sections
 
 
