@@ -17,14 +17,18 @@ sys.path.insert(0, str(REPO / "workflow"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from foundation import snakemake, timed  # noqa: E402
-from llm_introspection import injection  # noqa: E402
-from llm_introspection.concepts import load_neutral_sentences, load_vectors  # noqa: E402
+from llm_introspection.injection.cell import open_cell  # noqa: E402
+from llm_introspection.injection.concepts import load_vectors  # noqa: E402
+from llm_introspection.injection.detection import run_detection_logits, run_detection_responses  # noqa: E402
+from llm_introspection.injection.localization import run_localization  # noqa: E402
+from llm_introspection.injection.texts import (  # noqa: E402
+    load_detection_texts, load_localization_texts, load_neutral_sentences,
+)
 from llm_introspection.models import load_model, load_tokenizer  # noqa: E402
 from llm_introspection.sampling import SamplingParams  # noqa: E402
 from llm_introspection.storage import read_json  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-SCHEMAS = REPO / "config/schema"
 
 
 def main():
@@ -38,22 +42,19 @@ def main():
     snakemake(str(vector_path.relative_to(REPO)))
     manifest = read_json(REPO / f"results/models/{MODEL}/manifest.json")
     model, tokenizer = load_model(manifest, "cpu", torch.float32), load_tokenizer(manifest)
-    cell = injection.open_cell(vector_path, MODEL, True, 2.0, load_vectors(vector_path).attrs["mean_norm"])
+    cell = open_cell(vector_path, MODEL, True, 2.0, load_vectors(vector_path).attrs["mean_norm"])
     concepts = cell.vectors.names[: args.concepts]
-    det = injection.load_detection_texts(REPO / "resources/injection/detection.yaml",
-                                         SCHEMAS / "injection_detection.schema.yaml")
-    loc = injection.load_localization_texts(REPO / "resources/injection/localization.yaml",
-                                            SCHEMAS / "injection_localization.schema.yaml")
-    sentences = load_neutral_sentences(REPO / "resources/concepts/neutral_sentences.yaml",
-                                       SCHEMAS / "concepts_neutral_sentences.schema.yaml")
+    det = load_detection_texts(REPO / "resources/injection/detection.yaml")
+    loc = load_localization_texts(REPO / "resources/injection/localization.yaml")
+    sentences = load_neutral_sentences(REPO / "resources/concepts/neutral_sentences.yaml")
     params = SamplingParams(0.8, 0.95, args.max_new_tokens)
     batch = args.batch_size
     with torch.inference_mode():
         runs = {
-            "detection_responses": timed(lambda: injection.run_detection_responses(
+            "detection_responses": timed(lambda: run_detection_responses(
                 model, tokenizer, cell, det, params, 1, 0, batch, concepts)),
-            "detection_logits": timed(lambda: injection.run_detection_logits(model, tokenizer, cell, det, batch, concepts)),
-            "localization": timed(lambda: injection.run_localization(
+            "detection_logits": timed(lambda: run_detection_logits(model, tokenizer, cell, det, batch, concepts)),
+            "localization": timed(lambda: run_localization(
                 model, tokenizer, cell, loc, sentences, 2, 0, batch, concepts=concepts, questions=[loc.introspection])),
         }
     per_trial = {name: seconds / len(records) for name, (records, seconds) in runs.items()}

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
 from llm_introspection.prompts import PROMPT_TYPES  # noqa: E402
-from llm_introspection.statistics import agreement, content_statistics, mixed_effects, scaling  # noqa: E402
+from llm_introspection.study.statistics import agreement, content_statistics, mixed_effects, scaling  # noqa: E402
 
 DIMENSIONS = ("self_reference", "meta_cognition", "hedging")
 

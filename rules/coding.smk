@@ -9,7 +9,5 @@ rule code_keywords:
     conda:
         "../envs/analysis.yaml"
     threads: 1
-    params:
-        schema=LEXICON_SCHEMA,
     script:
         "../workflow/scripts/code_keywords.py"

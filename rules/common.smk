@@ -8,20 +8,43 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from llm_introspection.config import validate
 from llm_introspection.errors import InputError
+from llm_introspection.injection import texts as injection_texts
 from llm_introspection.prompts import load_prompt_set, select_prompt_ids
+from llm_introspection import registry
+from llm_introspection.study.coding import load_lexicon
+from llm_introspection.study.rubric import load_rubric
 
-CONFIG_SCHEMA = workflow.source_path("../config/schema/config.schema.yaml")
-PROMPT_SCHEMA = workflow.source_path("../config/schema/prompt.schema.yaml")
-# Passed to jobs: a path inside the repository, stable across runs (source_path's is not).
-LEXICON_SCHEMA = str(Path(workflow.basedir) / "config/schema/lexicon.schema.yaml")
-RUBRIC_SCHEMA = str(Path(workflow.basedir) / "config/schema/rubric.schema.yaml")
+EXPERIMENTS = registry.EXPERIMENTS
 
+# Everything a run reads is validated here, before any job: the config, the prompts and every
+# configured resource file (each loader checks its file against its own schema).
 try:
-    validate(config, CONFIG_SCHEMA, "the config")
-    PROMPTS = load_prompt_set(config["prompts"]["dir"], PROMPT_SCHEMA)
+    validate(config, "config", "the config")
+    PROMPTS = load_prompt_set(config["prompts"]["dir"])
     PROMPT_IDS = select_prompt_ids(config["prompts"], PROMPTS)
+    load_lexicon(config["coding"]["lexicon"])
+    load_rubric(config["judge"]["rubric"])
+    if config["injection"]["models"]:
+        for key, path in config["injection"]["resources"].items():
+            getattr(injection_texts, registry.RESOURCES[key])(path)
 except InputError as error:
     raise WorkflowError(str(error)) from None
+
+
+def canonical(value):
+    """A param in canonical form: mappings with their keys sorted, at every depth, so that the same
+    config written in another key order plans no job."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    return value
+
+
+def settings_of(section, keys):
+    """The keys of one config section that a job reads, canonical."""
+    return canonical({key: config[section][key] for key in keys})
+
 
 MODELS = dict(config["models"])
 SHARED_FRAME_SUFFIX = "-base-frame"
@@ -56,26 +79,16 @@ if config["judge"]["model"] not in MODELS:
 PER_PROMPT_JOBS = config["jobs"]["granularity"] == "prompt"
 
 INJECTION = config["injection"]
-WORD_EXPERIMENTS = {
-    "detection_logits",
-    "detection_responses",
-    "forced_identification",
-    "thought_vs_text",
-    "prefill_intent",
-    "intentional_control",
-}
 for name in INJECTION["models"]:
     if name not in MODELS:
         raise WorkflowError(
             f"config key 'injection.models': {name!r} is not one of the models ({', '.join(MODELS)})"
         )
-if (
-    INJECTION["vector_method"] == "contrastive"
-    and set(INJECTION["experiments"]) & WORD_EXPERIMENTS
-):
+WORD_EXPERIMENTS = [e for e in INJECTION["experiments"] if EXPERIMENTS[e].word_vectors]
+if INJECTION["vector_method"] == "contrastive" and WORD_EXPERIMENTS:
     raise WorkflowError(
         "config key 'injection.vector_method': contrastive vectors are named by sentence pair, not by "
-        f"concept word, so they serve localization only, not {sorted(set(INJECTION['experiments']) & WORD_EXPERIMENTS)}"
+        f"concept word, so they serve localization only, not {sorted(WORD_EXPERIMENTS)}"
     )
 
 
@@ -114,7 +127,7 @@ def model_runtime(name):
     """runtime settings of one model: its own dtype overrides runtime.dtype."""
     runtime = dict(config["runtime"])
     runtime["dtype"] = MODELS[name].get("dtype", runtime["dtype"])
-    return runtime
+    return canonical(runtime)
 
 
 def get_runtime(wildcards):
@@ -126,13 +139,11 @@ def get_judge_manifest(wildcards):
 
 
 def get_judge_runtime(wildcards):
-    return get_runtime(
-        wildcards.__class__(fromdict={"model": config["judge"]["model"]})
-    )
+    return model_runtime(config["judge"]["model"])
 
 
 def get_model_spec(wildcards):
-    return MODELS[wildcards.model]
+    return canonical(MODELS[wildcards.model])
 
 
 def get_twin_source_manifest(wildcards):
@@ -159,18 +170,17 @@ INJECTION_LAYERS = [number(f) for f in INJECTION["layer_fractions"]]
 
 
 def injection_strengths(experiment):
-    """Intentional control injects nothing (the model is asked to think of the word): strength 0 only."""
-    if experiment == "intentional_control":
+    """The strengths of an experiment's cells: strength 0 only for one that injects nothing."""
+    if not EXPERIMENTS[experiment].strengths:
         return ["0"]
     return [number(s) for s in INJECTION["strengths"]]
 
 
 def injection_cells(experiment):
-    """Every (model, layer, strength) output of one experiment; graded responses for detection_responses."""
-    folder = "detection_graded" if experiment == "detection_responses" else experiment
+    """Every (model, layer, strength) record file the statistics read for one experiment."""
     return expand(
         "results/injection/{folder}/{model}/layer{layer}_strength{strength}.json",
-        folder=folder,
+        folder=EXPERIMENTS[experiment].folder,
         model=INJECTION["models"],
         layer=INJECTION_LAYERS,
         strength=injection_strengths(experiment),
@@ -178,10 +188,29 @@ def injection_cells(experiment):
 
 
 def injection_statistics_outputs():
-    tables = list(INJECTION["experiments"])
-    if "localization" in tables:
-        tables += ["localization_margins", "localization_answers"]
-    return {t: f"results/statistics/injection_{t}.csv" for t in tables}
+    return {
+        t: f"results/statistics/injection_{t}.csv"
+        for t in registry.statistics_outputs(INJECTION["experiments"])
+    }
+
+
+def injection_resources(keys):
+    """The configured injection resource files of the given keys, by key (canonical)."""
+    return canonical({key: INJECTION["resources"][key] for key in keys})
+
+
+def get_inject_resources(wildcards):
+    return injection_resources(EXPERIMENTS[wildcards.experiment].resources)
+
+
+def get_inject_settings(wildcards):
+    """The injection keys one experiment reads; for one that samples, also its sampling keys."""
+    spec = EXPERIMENTS[wildcards.experiment]
+    settings = {key: INJECTION[key] for key in spec.settings}
+    if spec.samples:
+        settings["max_new_tokens"] = INJECTION["max_new_tokens"]
+        settings |= {k: config["generation"][k] for k in ("temperature", "top_p")}
+    return canonical(settings)
 
 
 FIGURES = (
@@ -194,10 +223,7 @@ FIGURES = (
     "activation_embeddings",
 )
 INJECTION_FIGURES = (
-    ["injection_sweep", "injection_heatmaps"]
-    + (["localization_answers"] if "localization" in INJECTION["experiments"] else [])
-    if INJECTION["models"]
-    else []
+    registry.figures(INJECTION["experiments"]) if INJECTION["models"] else []
 )
 
 

@@ -12,6 +12,6 @@ rule entropy_statistics:
         "../envs/analysis.yaml"
     threads: 1
     params:
-        statistics=config["statistics"],
+        statistics=canonical(config["statistics"]),
     script:
         "../workflow/scripts/entropy_statistics.py"

@@ -15,7 +15,7 @@ rule generate:
     resources:
         gpu=1,
     params:
-        generation=config["generation"],
+        generation=canonical(config["generation"]),
         runtime=get_runtime,
         study=config["study"],
     script:

@@ -1,22 +1,14 @@
 # Concept injection: vectors per (model, layer), one job per (experiment, model, layer, strength)
-# cell, the judge's grading of sampled detection responses, and the statistics.
-SCHEMA_DIR = str(Path(workflow.basedir) / "config/schema")
-# What a cell's job depends on: not the sweep's lists, so adding a model, experiment, layer or
-# strength adds jobs and reruns none of the existing ones.
-CELL_SETTINGS = {
-    key: value
-    for key, value in INJECTION.items()
-    if key not in ("models", "experiments", "layer_fractions", "strengths")
-}
+# cell, the judge's grading of sampled detection responses, and the statistics. What an
+# experiment reads and writes comes from the registry (llm_introspection.registry); each job's
+# params hold only the keys it reads, so adding a model, experiment, layer or strength adds jobs
+# and changing a key reruns only the jobs that read it.
 
 
 rule concept_vectors:
     input:
+        **injection_resources(registry.VECTOR_RESOURCES),
         manifest="results/models/{model}/manifest.json",
-        resources=[
-            INJECTION["resources"][key]
-            for key in ("concepts", "contrastive_pairs", "neutral_sentences")
-        ],
     output:
         "results/injection/vectors/{model}/layer{layer}.h5",
     log:
@@ -29,18 +21,18 @@ rule concept_vectors:
     resources:
         gpu=1,
     params:
-        injection=CELL_SETTINGS,
+        settings=settings_of("injection", registry.VECTOR_SETTINGS),
+        resources=injection_resources(registry.VECTOR_RESOURCES),
         runtime=get_runtime,
-        schema_dir=SCHEMA_DIR,
     script:
         "../workflow/scripts/concept_vectors.py"
 
 
 rule inject:
     input:
+        unpack(get_inject_resources),
         manifest="results/models/{model}/manifest.json",
         vectors="results/injection/vectors/{model}/layer{layer}.h5",
-        resources=list(INJECTION["resources"].values()),
     output:
         "results/injection/{experiment}/{model}/layer{layer}_strength{strength}.json",
     log:
@@ -57,21 +49,18 @@ rule inject:
     resources:
         gpu=1,
     params:
-        injection=CELL_SETTINGS,
-        generation=config["generation"],
+        settings=get_inject_settings,
+        resources=get_inject_resources,
         runtime=get_runtime,
-        schema_dir=SCHEMA_DIR,
     script:
         "../workflow/scripts/inject.py"
 
 
 rule grade_injection:
     input:
+        **injection_resources(registry.GRADING_RESOURCES),
         responses="results/injection/detection_responses/{model}/layer{layer}_strength{strength}.json",
         manifest=get_judge_manifest,
-        resources=[
-            INJECTION["resources"][key] for key in ("detection", "grading_rubric")
-        ],
     output:
         "results/injection/detection_graded/{model}/layer{layer}_strength{strength}.json",
     log:
@@ -85,9 +74,9 @@ rule grade_injection:
     resources:
         gpu=1,
     params:
-        injection=CELL_SETTINGS,
+        settings=settings_of("injection", registry.GRADING_SETTINGS),
+        resources=injection_resources(registry.GRADING_RESOURCES),
         runtime=get_judge_runtime,
-        schema_dir=SCHEMA_DIR,
     script:
         "../workflow/scripts/grade_injection.py"
 
@@ -107,3 +96,24 @@ rule injection_statistics:
         seed=INJECTION["seed"],
     script:
         "../workflow/scripts/injection_statistics.py"
+
+
+rule injection_figures:
+    input:
+        **injection_statistics_outputs(),
+    output:
+        **{
+            name: report(
+                f"results/figures/{name}.png",
+                caption=f"../report/captions/{name}.rst",
+                category="Concept injection",
+            )
+            for name in INJECTION_FIGURES
+        },
+    log:
+        "results/logs/injection_figures.log",
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    script:
+        "../workflow/scripts/injection_figures.py"

@@ -20,8 +20,7 @@ rule judge:
     resources:
         gpu=1,
     params:
-        rubric_schema=RUBRIC_SCHEMA,
-        judge=config["judge"],
+        judge=settings_of("judge", ("max_completion_tokens", "batch_size")),
         runtime=get_judge_runtime,
     script:
         "../workflow/scripts/judge.py"

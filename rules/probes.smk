@@ -14,6 +14,24 @@ rule probes:
         "../envs/analysis.yaml"
     threads: 2
     params:
-        probing=config["probing"],
+        probing=canonical(config["probing"]),
     script:
         "../workflow/scripts/probes.py"
+
+
+rule embeddings:
+    input:
+        activations=expand(
+            "results/activations/{model}/{prompt}.h5", model=MODELS, prompt=PROMPT_IDS
+        ),
+    output:
+        "results/probing/embeddings.csv",
+    log:
+        "results/logs/embeddings.log",
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    params:
+        seed=config["probing"]["seed"],
+    script:
+        "../workflow/scripts/embeddings.py"

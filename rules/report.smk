@@ -1,21 +1,3 @@
-rule embeddings:
-    input:
-        activations=expand(
-            "results/activations/{model}/{prompt}.h5", model=MODELS, prompt=PROMPT_IDS
-        ),
-    output:
-        "results/probing/embeddings.csv",
-    log:
-        "results/logs/embeddings.log",
-    conda:
-        "../envs/analysis.yaml"
-    threads: 1
-    params:
-        probing=config["probing"],
-    script:
-        "../workflow/scripts/embeddings.py"
-
-
 rule figures:
     input:
         coding=expand("results/coding/keyword/{model}.csv", model=MODELS),
@@ -42,27 +24,6 @@ rule figures:
         seed=config["statistics"]["seed"],
     script:
         "../workflow/scripts/figures.py"
-
-
-rule injection_figures:
-    input:
-        **injection_statistics_outputs(),
-    output:
-        **{
-            name: report(
-                f"results/figures/{name}.png",
-                caption=f"../report/captions/{name}.rst",
-                category="Concept injection",
-            )
-            for name in INJECTION_FIGURES
-        },
-    log:
-        "results/logs/injection_figures.log",
-    conda:
-        "../envs/analysis.yaml"
-    threads: 1
-    script:
-        "../workflow/scripts/injection_figures.py"
 
 
 rule report:
@@ -94,17 +55,19 @@ rule report:
         "../envs/analysis.yaml"
     threads: 1
     params:
-        settings={
-            key: config[key]
-            for key in (
-                "study",
-                "generation",
-                "conditions",
-                "judge",
-                "coding",
-                "statistics",
-                "injection",
-            )
-        },
+        settings=canonical(
+            {
+                key: config[key]
+                for key in (
+                    "study",
+                    "generation",
+                    "conditions",
+                    "judge",
+                    "coding",
+                    "statistics",
+                    "injection",
+                )
+            }
+        ),
     script:
         "../workflow/scripts/report.py"

@@ -11,6 +11,6 @@ rule content_statistics:
         "../envs/analysis.yaml"
     threads: 1
     params:
-        statistics=config["statistics"],
+        statistics=canonical(config["statistics"]),
     script:
         "../workflow/scripts/content_statistics.py"

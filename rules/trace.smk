@@ -14,7 +14,7 @@ rule trace:
     resources:
         gpu=1,
     params:
-        trace=config["trace"],
+        trace=canonical(config["trace"]),
         runtime=get_runtime,
     script:
         "../workflow/scripts/trace.py"

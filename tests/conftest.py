@@ -144,15 +144,17 @@ class TensorBlock(torch.nn.Module):
 class Trunk(torch.nn.Module):
     def __init__(self):
         super().__init__()
+        self.embed_tokens = torch.nn.Identity()
         self.layers = torch.nn.ModuleList([TupleBlock(), TensorBlock()])
 
     def forward(self, x, attention_mask=None):
-        x = self.layers[0](hidden_states=x)[0]  # a keyword input, as transformers passes it
+        x = self.layers[0](hidden_states=self.embed_tokens(x))[0]  # a keyword input, as transformers passes it
         return self.layers[1](x)
 
 
 class StandInModel(torch.nn.Module):
-    """A model whose decoder (get_decoder().layers) has a tuple layer and a tensor layer."""
+    """A model whose decoder (get_decoder().layers) has a tuple layer and a tensor layer, after an
+    identity embedding (hidden state 0)."""
 
     def __init__(self):
         super().__init__()
@@ -160,3 +162,6 @@ class StandInModel(torch.nn.Module):
 
     def get_decoder(self):
         return self.trunk
+
+    def get_input_embeddings(self):
+        return self.trunk.embed_tokens

@@ -5,14 +5,13 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from llm_introspection.analysis import entropy_tables, run_entropy_statistics, run_keyword_coding
-from llm_introspection.coding import code_text, load_lexicon
+from llm_introspection.study.analysis import entropy_tables, run_entropy_statistics, run_code_keywords
+from llm_introspection.study.coding import code_text, load_lexicon
 from llm_introspection.jobs import _write_entropy
 from llm_introspection.sampling import Completion
 from llm_introspection.storage import write_json
 
 LEXICON = REPO / "resources/lexicons/coding.yaml"
-LEXICON_SCHEMA = REPO / "config/schema/lexicon.schema.yaml"
 
 
 def header(model, variant, family, prompt, prompt_type):
@@ -69,9 +68,9 @@ def test_keyword_coding_codes_every_completion(tmp_path):
     generation = header("m", "instruct", "fam", "p1", "self_reference") | {
         "reps": [{"rep": r, "seed": 42 + r, "text": t} for r, t in enumerate(texts)]}
     write_json(tmp_path / "p1.json", generation)
-    run_keyword_coding([tmp_path / "p1.json"], LEXICON, LEXICON_SCHEMA, tmp_path / "m.csv")
+    run_code_keywords([tmp_path / "p1.json"], LEXICON, tmp_path / "m.csv")
     table = pd.read_csv(tmp_path / "m.csv")
-    lexicon = load_lexicon(LEXICON, LEXICON_SCHEMA)
+    lexicon = load_lexicon(LEXICON)
     assert table["rep"].tolist() == [0, 1] and set(table["lexicon_sha256"]) == {lexicon.sha256}
     for text, (_, row) in zip(texts, table.iterrows()):
         expected = code_text(text, lexicon)

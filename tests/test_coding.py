@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from llm_introspection.coding import DIMENSIONS, code_table, code_text, load_lexicon, normalise
+from llm_introspection.study.coding import DIMENSIONS, code_table, code_text, load_lexicon, normalise
 from llm_introspection.config import read_yaml
 from llm_introspection.errors import InputError
 
@@ -19,7 +19,7 @@ FILLER = "the cat sat on the mat today"  # 7 words, no cue of any dimension
 
 @pytest.fixture(scope="module")
 def lexicon():
-    return load_lexicon(LEXICON, SCHEMA)
+    return load_lexicon(LEXICON)
 
 
 def test_examples_are_many_unique_and_complete():
@@ -204,13 +204,13 @@ def write_lexicon(tmp_path, edit):
 def test_missing_key_names_file_and_key(tmp_path):
     path = write_lexicon(tmp_path, lambda d: d["dimensions"]["hedging"].pop("patterns"))
     with pytest.raises(InputError, match=r"(?s)bad_lexicon\.yaml.*'dimensions\.hedging'.*'patterns'"):
-        load_lexicon(path, SCHEMA)
+        load_lexicon(path)
 
 
 def test_missing_dimension_names_file_and_key(tmp_path):
     path = write_lexicon(tmp_path, lambda d: d["dimensions"].pop("meta_cognition"))
     with pytest.raises(InputError, match=r"(?s)bad_lexicon\.yaml.*'meta_cognition' is a required"):
-        load_lexicon(path, SCHEMA)
+        load_lexicon(path)
 
 
 def test_bad_regex_names_file_key_and_pattern(tmp_path):
@@ -218,7 +218,7 @@ def test_bad_regex_names_file_key_and_pattern(tmp_path):
         d["dimensions"]["meta_cognition"]["patterns"]["noticing"][1] = r"\bi (?:notice"
     path = write_lexicon(tmp_path, edit)
     with pytest.raises(InputError) as error:
-        load_lexicon(path, SCHEMA)
+        load_lexicon(path)
     message = str(error.value)
     assert "bad_lexicon.yaml" in message
     assert "dimensions.meta_cognition.patterns.noticing.1" in message
@@ -234,13 +234,13 @@ def test_other_bad_patterns(tmp_path, pattern, complaint):
         d["refusal"]["patterns"]["decline"].append(pattern)
     path = write_lexicon(tmp_path, edit)
     with pytest.raises(InputError, match=rf"refusal\.patterns\.decline\.2.*{complaint}"):
-        load_lexicon(path, SCHEMA)
+        load_lexicon(path)
 
 
 def test_pattern_without_word_boundary_is_rejected_by_the_schema(tmp_path):
     path = write_lexicon(tmp_path, lambda d: d["dimensions"]["hedging"]["patterns"]["adverbs"].append("maybe"))
     with pytest.raises(InputError, match=r"(?s)bad_lexicon\.yaml.*'dimensions\.hedging\.patterns\.adverbs\.1'"):
-        load_lexicon(path, SCHEMA)
+        load_lexicon(path)
 
 
 def test_patterns_that_do_not_combine_name_the_key(tmp_path):
@@ -248,7 +248,7 @@ def test_patterns_that_do_not_combine_name_the_key(tmp_path):
         d["dimensions"]["hedging"]["patterns"]["adverbs"] = [r"\b(?P<w>perhaps)\b", r"\b(?P<w>maybe)\b"]
     path = write_lexicon(tmp_path, edit)
     with pytest.raises(InputError, match=r"bad_lexicon\.yaml: key 'dimensions\.hedging\.patterns'.*combine"):
-        load_lexicon(path, SCHEMA)
+        load_lexicon(path)
 
 
 def test_yaml_colon_space_trap_is_caught(tmp_path):
@@ -257,9 +257,9 @@ def test_yaml_colon_space_trap_is_caught(tmp_path):
     path = tmp_path / "bad_lexicon.yaml"
     path.write_text(text)
     with pytest.raises(InputError, match=r"(?s)bad_lexicon\.yaml.*'dimensions\.hedging\.patterns\.modals\.0'.*not of type 'string'"):
-        load_lexicon(path, SCHEMA)
+        load_lexicon(path)
 
 
 def test_missing_file():
     with pytest.raises(InputError, match="no_such_lexicon.yaml"):
-        load_lexicon(REPO / "no_such_lexicon.yaml", SCHEMA)
+        load_lexicon(REPO / "no_such_lexicon.yaml")

@@ -7,20 +7,17 @@ import yaml
 
 from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, load_tiny
 from llm_introspection import __version__
-from llm_introspection.concepts import (
-    concept_prompt_ids, contrastive_vectors, last_token_activations, load_concept_words,
-    load_contrastive_pairs, load_neutral_sentences, load_vectors, matched_random_vectors,
+from llm_introspection.injection.concepts import (
+    concept_prompt_ids, contrastive_vectors, last_token_activations, load_vectors, matched_random_vectors,
     mean_subtraction_vectors, mean_token_activations, save_vectors, sentence_ids,
 )
+from llm_introspection.injection.texts import load_concept_words, load_contrastive_pairs, load_neutral_sentences
 from llm_introspection.errors import InputError
 from llm_introspection.steering import Positions, steer
 
 CONCEPTS = REPO / "resources/concepts/concepts.yaml"
 PAIRS = REPO / "resources/concepts/contrastive_pairs.yaml"
 SENTENCES = REPO / "resources/concepts/neutral_sentences.yaml"
-SCHEMA = REPO / "config/schema/concepts.schema.yaml"
-PAIRS_SCHEMA = REPO / "config/schema/concepts_contrastive_pairs.schema.yaml"
-SENTENCES_SCHEMA = REPO / "config/schema/concepts_neutral_sentences.schema.yaml"
 ARCHITECTURES = {"llama": TINY_LLAMA, "gemma3": TINY_GEMMA3}
 INDICES = [0, 2, 4]
 
@@ -51,15 +48,15 @@ def planted(model, token_id, direction):
 # --- resources ----------------------------------------------------------------------------------
 
 def test_resources_validate_with_the_documented_sizes():
-    words = load_concept_words(CONCEPTS, SCHEMA)
+    words = load_concept_words(CONCEPTS)
     assert len(words.concepts) == 50 and len(words.baseline) == 100
     assert not {w.lower() for w in words.concepts} & {w.lower() for w in words.baseline}
     assert {"Dust", "Xylophones", "Dirigibles", "Silver"} <= set(words.concepts)
     assert words.template == "Tell me about {word}"
-    pairs = load_contrastive_pairs(PAIRS, PAIRS_SCHEMA)
+    pairs = load_contrastive_pairs(PAIRS)
     assert len(pairs) == 50 and len({p.id for p in pairs}) == 50
     assert all(p.specific != p.generic for p in pairs)
-    sentences = load_neutral_sentences(SENTENCES, SENTENCES_SCHEMA)
+    sentences = load_neutral_sentences(SENTENCES)
     assert len(sentences) == 100 and len({s.lower() for s in sentences}) == 100
 
 
@@ -69,12 +66,12 @@ def test_overlapping_words_and_bad_templates_are_named(tmp_path):
     path = tmp_path / "concepts.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(InputError, match=rf"{path}: keys 'concepts' and 'baseline_words' together holds 'snow'"):
-        load_concept_words(path, SCHEMA)
+        load_concept_words(path)
     data = yaml.safe_load(CONCEPTS.read_text())
     data["template"] = "Tell me about it"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(InputError, match=r"key 'template'"):
-        load_concept_words(path, SCHEMA)
+        load_concept_words(path)
 
 
 def test_duplicate_pair_ids_are_named(tmp_path):
@@ -83,7 +80,7 @@ def test_duplicate_pair_ids_are_named(tmp_path):
     path = tmp_path / "pairs.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(InputError, match=r"pairs\.yaml: key 'pairs' \(ids\) holds 'violinist' twice"):
-        load_contrastive_pairs(path, PAIRS_SCHEMA)
+        load_contrastive_pairs(path)
 
 
 def test_concept_prompts_use_the_chat_template_for_instruct_models(tokenizer_dir):
@@ -137,7 +134,7 @@ def test_last_token_activations_ignore_left_padding(tiny):
 
 def test_contrastive_vectors_average_tokens_without_the_attention_sink(tiny):
     model, tokenizer = tiny
-    pair = load_contrastive_pairs(PAIRS, PAIRS_SCHEMA)[0]
+    pair = load_contrastive_pairs(PAIRS)[0]
     specific, generic = sentence_ids([pair.specific], tokenizer), sentence_ids([pair.generic], tokenizer)
     before = contrastive_vectors(model, INDICES, specific, generic, batch_size=1)
     # planting on position 0 (a token both sentences start with) changes nothing at the embeddings

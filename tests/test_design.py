@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from conftest import CONFIG_SCHEMA, PROMPT_SCHEMA, REPO
+from conftest import CONFIG_SCHEMA, REPO
 from llm_introspection.config import read_yaml, validate
 from llm_introspection.errors import InputError
 from llm_introspection.prompts import PROMPT_TYPES, Prompt, load_prompt_set, render_prompt, select_prompt_ids
@@ -12,7 +12,7 @@ from llm_introspection.prompts import PROMPT_TYPES, Prompt, load_prompt_set, ren
 
 @pytest.fixture(scope="module")
 def prompts():
-    return load_prompt_set(REPO / "resources/prompts", PROMPT_SCHEMA)
+    return load_prompt_set(REPO / "resources/prompts")
 
 
 def test_prompt_set_is_four_types_of_ten_with_matching_frames(prompts):
@@ -82,7 +82,7 @@ def test_selection_by_type_and_by_id(prompts):
 def test_id_must_match_the_file_name(tmp_path):
     (tmp_path / "a.yaml").write_text("id: b\ntype: topic_control\ninstruct: x\nbase: y\n")
     with pytest.raises(InputError, match=r"a.yaml: key 'id' is 'b', expected 'a'"):
-        load_prompt_set(tmp_path, PROMPT_SCHEMA)
+        load_prompt_set(tmp_path)
 
 
 def test_rendering_uses_the_chat_template_only_for_native_instruct(tokenizer_dir):

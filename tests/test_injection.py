@@ -12,34 +12,36 @@ import torch
 import yaml
 
 from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, load_tiny, smollm2_gguf_path
-from llm_introspection import injection
-from llm_introspection.concepts import (
-    concept_prompt_ids, load_neutral_sentences, matched_random_vectors, mean_residual_norm, mean_subtraction_vectors,
-    save_vectors, sentence_ids,
+from llm_introspection.injection import grading, inputs
+from llm_introspection.injection.concepts import (
+    concept_prompt_ids, matched_random_vectors, mean_residual_norm, mean_subtraction_vectors, save_vectors, sentence_ids,
 )
+from llm_introspection.injection.texts import load_neutral_sentences
 from llm_introspection.errors import InputError
-from llm_introspection.injection import (
-    CRITERIA, INSTRUCTIONS, Trial, answer_start, detection_prompt, first_token_ids,
-    grade_responses, load_detection_texts, load_grading_rubric, load_localization_texts, load_thought_texts,
-    localization_prompt, open_cell, option_answers, provenance, read_continuations, read_options,
-    run_detection_logits, run_detection_responses, run_forced_identification, run_intentional_control,
-    run_localization, run_prefill_intent, run_thought_vs_text, write_records,
+from llm_introspection.injection.cell import open_cell, write_records
+from llm_introspection.injection.detection import (
+    run_detection_logits, run_detection_responses, run_forced_identification,
 )
-from llm_introspection.injection_statistics import read_records
+from llm_introspection.injection.grading import grade_responses
+from llm_introspection.injection.inputs import answer_start, detection_prompt, localization_prompt
+from llm_introspection.injection.localization import run_localization
+from llm_introspection.injection.texts import (
+    CRITERIA, INSTRUCTIONS, AnswerSpec, load_detection_texts, load_grading_rubric, load_localization_texts, load_thought_texts, provenance,
+)
+from llm_introspection.injection.thought import run_intentional_control, run_prefill_intent, run_thought_vs_text
+from llm_introspection.readout.options import first_token_ids, option_answers
+from llm_introspection.readout.steered import Trial, read_continuations, read_options
+from llm_introspection.injection.statistics import read_records
 from llm_introspection.sampling import SamplingParams, eos_token_ids, sample_completions
 from llm_introspection.steering import Positions, steer, token_span
-from llm_introspection.tracing import capture_residual, decoder_layers
+from llm_introspection.modules import decoder_layers
+from llm_introspection.tracing import capture_residual
 
 DETECTION = REPO / "resources/injection/detection.yaml"
 LOCALIZATION = REPO / "resources/injection/localization.yaml"
 RUBRIC = REPO / "resources/injection/grading_rubric.yaml"
 THOUGHT = REPO / "resources/injection/thought_and_intent.yaml"
-DETECTION_SCHEMA = REPO / "config/schema/injection_detection.schema.yaml"
-LOCALIZATION_SCHEMA = REPO / "config/schema/injection_localization.schema.yaml"
-RUBRIC_SCHEMA = REPO / "config/schema/injection_grading_rubric.schema.yaml"
-THOUGHT_SCHEMA = REPO / "config/schema/injection_thought_and_intent.schema.yaml"
-SENTENCES = load_neutral_sentences(REPO / "resources/concepts/neutral_sentences.yaml",
-                                   REPO / "config/schema/concepts_neutral_sentences.schema.yaml")
+SENTENCES = load_neutral_sentences(REPO / "resources/concepts/neutral_sentences.yaml")
 ARCHITECTURES = {"llama": TINY_LLAMA, "gemma3": TINY_GEMMA3}
 CELL_COLUMNS = {"experiment", "model", "layer", "vector_method", "strength_relative", "mean_norm"}
 TRIAL_COLUMNS = {"kind", "concept", "question", "strength_absolute", "prediction", "correct"}
@@ -47,22 +49,22 @@ TRIAL_COLUMNS = {"kind", "concept", "question", "strength_absolute", "prediction
 
 @pytest.fixture(scope="module")
 def det():
-    return load_detection_texts(DETECTION, DETECTION_SCHEMA)
+    return load_detection_texts(DETECTION)
 
 
 @pytest.fixture(scope="module")
 def loc():
-    return load_localization_texts(LOCALIZATION, LOCALIZATION_SCHEMA)
+    return load_localization_texts(LOCALIZATION)
 
 
 @pytest.fixture(scope="module")
 def rubric():
-    return load_grading_rubric(RUBRIC, RUBRIC_SCHEMA)
+    return load_grading_rubric(RUBRIC)
 
 
 @pytest.fixture(scope="module")
 def thought():
-    return load_thought_texts(THOUGHT, THOUGHT_SCHEMA)
+    return load_thought_texts(THOUGHT)
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES, ids=list(ARCHITECTURES))
@@ -136,31 +138,31 @@ def edited(tmp_path, source, edit):
     return path
 
 
-@pytest.mark.parametrize("source,schema,load,edit,message", [
-    (LOCALIZATION, LOCALIZATION_SCHEMA, load_localization_texts, lambda d: d.update(n_sentences=12),
+@pytest.mark.parametrize("source,load,edit,message", [
+    (LOCALIZATION, load_localization_texts, lambda d: d.update(n_sentences=12),
      r"key 'n_sentences': 12 is greater than the maximum of 9"),
-    (LOCALIZATION, LOCALIZATION_SCHEMA, load_localization_texts, lambda d: d.update(template="{sentences} {topic}"),
+    (LOCALIZATION, load_localization_texts, lambda d: d.update(template="{sentences} {topic}"),
      r"key 'template': unknown field \{topic\}, no \{question\}"),
-    (LOCALIZATION, LOCALIZATION_SCHEMA, load_localization_texts, lambda d: d.update(introspection="where"),
+    (LOCALIZATION, load_localization_texts, lambda d: d.update(introspection="where"),
      r"key 'introspection': 'where' is not one of the questions"),
-    (LOCALIZATION, LOCALIZATION_SCHEMA, load_localization_texts, lambda d: d["questions"]["prefer"].pop("prefill"),
+    (LOCALIZATION, load_localization_texts, lambda d: d["questions"]["prefer"].pop("prefill"),
      r"key 'questions.prefer': 'prefill' is a required property"),
-    (DETECTION, DETECTION_SCHEMA, load_detection_texts, lambda d: d["answer"].update(options=["Yes"]),
+    (DETECTION, load_detection_texts, lambda d: d["answer"].update(options=["Yes"]),
      r"key 'answer.options'"),
-    (RUBRIC, RUBRIC_SCHEMA, load_grading_rubric, lambda d: d["criteria"].update(identifies="Is it right?"),
+    (RUBRIC, load_grading_rubric, lambda d: d["criteria"].update(identifies="Is it right?"),
      r"key 'criteria.identifies': no \{word\}"),
-    (RUBRIC, RUBRIC_SCHEMA, load_grading_rubric, lambda d: d.update(user_template="{criterion}"),
+    (RUBRIC, load_grading_rubric, lambda d: d.update(user_template="{criterion}"),
      r"key 'user_template': no \{response\}"),
-    (THOUGHT, THOUGHT_SCHEMA, load_thought_texts,
+    (THOUGHT, load_thought_texts,
      lambda d: d["intentional_control"].update(dont_think='Write "{sentence}" without a thought.'),
      r"key 'intentional_control.dont_think': no \{word\}"),
-    (THOUGHT, THOUGHT_SCHEMA, load_thought_texts, lambda d: d["thought_vs_text"].pop("thought_prefill"),
+    (THOUGHT, load_thought_texts, lambda d: d["thought_vs_text"].pop("thought_prefill"),
      r"key 'thought_vs_text': 'thought_prefill' is a required property"),
 ])
-def test_bad_resources_name_the_file_and_key(tmp_path, source, schema, load, edit, message):
+def test_bad_resources_name_the_file_and_key(tmp_path, source, load, edit, message):
     path = edited(tmp_path, source, edit)
     with pytest.raises(InputError, match=re.escape(str(path)) + r"(.|\n)*" + message):
-        load(path, schema)
+        load(path)
 
 
 @pytest.mark.parametrize("chat", [True, False], ids=["chat", "transcript"])
@@ -201,10 +203,10 @@ def test_answer_tokens_of_the_real_tokenizer(llama, det, loc):
     _, tokenizer = llama
     assert first_token_ids(tokenizer, det.forced_prefill, ["dust", "trumpets", "trump"]) == [
         token_id(tokenizer, "Ġdust"), token_id(tokenizer, "Ġtrump"), token_id(tokenizer, "Ġtrump")]
-    frame = injection._option_frame(tokenizer, det.answer, chat=True)
+    frame = inputs.option_frame(tokenizer, det.answer, chat=True)
     assert frame.option_ids == (token_id(tokenizer, "ĠYes"), token_id(tokenizer, "ĠNo"))
-    spec = injection.AnswerSpec(loc.path, loc.questions["locate"].prefill, " ", ("1", "2", "3"))
-    frame = injection._option_frame(tokenizer, spec, chat=True)
+    spec = AnswerSpec(loc.path, loc.questions["locate"].prefill, " ", ("1", "2", "3"))
+    frame = inputs.option_frame(tokenizer, spec, chat=True)
     assert frame.prefill.endswith("SENTENCE ") and frame.option_ids == tuple(token_id(tokenizer, d) for d in "123")
 
 
@@ -371,7 +373,7 @@ def test_grading_prompts_name_the_concept_and_the_response(llama, rubric, det, m
         seen.extend(tokenizer.decode(s) for s in sequences)
         return torch.log(torch.tensor([[0.3, 0.1]] * len(sequences), dtype=torch.float64))
 
-    monkeypatch.setattr(injection, "option_log_probs", fake_log_probs)
+    monkeypatch.setattr(grading, "option_log_probs", fake_log_probs)
     graded = grade_responses(model, tokenizer, RESPONSES, rubric, det.question)
     assert len(seen) == 4 + 2
     assert all(det.question in text and text.rstrip().endswith("Answer:") for text in seen)
@@ -441,7 +443,7 @@ def test_bad_cells_are_refused(llama, loc, tmp_path):
     with pytest.raises(InputError, match=rf"{cell.vector_path}: attribute 'model' is 'tiny', not model 'other'"):
         open_cell(cell.vector_path, "other", True, 1.0, 1.0)
     with pytest.raises(InputError, match=rf"{cell.vector_path}: no vector for 'Milk'"):
-        run_detection_logits(model, tokenizer, cell, load_detection_texts(DETECTION, DETECTION_SCHEMA),
+        run_detection_logits(model, tokenizer, cell, load_detection_texts(DETECTION),
                              concepts=["Milk"])
     with pytest.raises(InputError, match=r"no question 'where'"):
         run_localization(model, tokenizer, cell, loc, SENTENCES, 1, questions=["where"])
@@ -517,7 +519,7 @@ def test_prefill_intent_prompts_and_unsteered_controls(llama, thought, tmp_path)
         ("injected", "Snow", "Snow"), ("mismatched", "Snow", "Bread"), ("control", "Snow", None)]
     sentence = SENTENCES[records[0]["sentence_id"]]
     messages = [f"{thought.word_question}\n\n{sentence}", "Dust", thought.follow_up]
-    ids, [span] = injection.conversation_ids(tokenizer, messages, True, [sentence], "Answer:", thought.path)
+    ids, [span] = inputs.conversation_ids(tokenizer, messages, True, [sentence], "Answer:", thought.path)
     text = tokenizer.decode(ids)
     assert f"{sentence}<|im_end|>\n<|im_start|>assistant\nDust<|im_end|>\n<|im_start|>user\n{thought.follow_up}" in text
     assert tokenizer.decode(ids[span[0]:span[1]]).strip() == sentence and text.endswith("assistant\nAnswer:")
@@ -541,7 +543,7 @@ def test_intentional_control_cosines(llama, thought, tmp_path):
     sentence = SENTENCES[record["sentence_id"]]
     message = thought.instructions["dont_think"].format(sentence=sentence, word="dust")
     assert message.startswith(f'Write "{sentence}" Don\'t think about dust')
-    ids, _ = injection.conversation_ids(tokenizer, [message], True, [], "", thought.path)
+    ids, _ = inputs.conversation_ids(tokenizer, [message], True, [], "", thought.path)
     answer = tokenizer(sentence, add_special_tokens=False)["input_ids"]
     with capture_residual(model, [2]) as captured, torch.no_grad():
         model.get_decoder()(input_ids=torch.tensor([ids + answer]))

@@ -8,12 +8,10 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from llm_introspection.injection import write_records
-from llm_introspection.injection_statistics import read_records
-from llm_introspection.injection_statistics import (
-    MEASURE_COLUMNS, binomial_p, detection_logit_statistics, detection_response_statistics,
-    forced_identification_statistics, intentional_control_statistics, json_ready, localization_statistics,
-    newcombe_difference, prefill_intent_statistics, thought_vs_text_statistics, wilson_interval,
+from llm_introspection.injection.cell import write_records
+from llm_introspection.injection.statistics import read_records
+from llm_introspection.injection.statistics import (
+    MEASURE_COLUMNS, binomial_p, detection_logit_statistics, detection_response_statistics, forced_identification_statistics, intentional_control_statistics, json_ready, localization_statistics, newcombe_difference, prefill_intent_statistics, thought_vs_text_statistics, wilson_interval,
 )
 
 CELL = {"model": "m", "layer": 3, "vector_method": "mean_subtraction", "strength_relative": 1.0}

@@ -8,11 +8,11 @@ import torch
 import yaml
 
 from conftest import REPO, TINY_LLAMA, load_tiny, smollm2_gguf_path
-from llm_introspection.coding import DIMENSIONS as KEYWORD_DIMENSIONS
+from llm_introspection.study.coding import DIMENSIONS as KEYWORD_DIMENSIONS
 from llm_introspection.errors import InputError
-from llm_introspection.judge import (
-    COLUMNS, DIMENSIONS, answer_frame, build_judge_prompt, load_rubric, option_token_ids, score_completions,
-)
+from llm_introspection.readout.options import answer_frame, option_token_ids
+from llm_introspection.study.judge import COLUMNS, build_judge_prompt, score_completions
+from llm_introspection.study.rubric import DIMENSIONS, load_rubric
 
 RUBRIC = REPO / "resources/judge/rubric.yaml"
 SCHEMA = REPO / "config/schema/rubric.schema.yaml"
@@ -31,7 +31,7 @@ LONG_TEXT = " ".join(f"word{i % 50}" for i in range(5000))
 
 @pytest.fixture(scope="module")
 def rubric():
-    return load_rubric(RUBRIC, SCHEMA)
+    return load_rubric(RUBRIC)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_every_schema_key_has_a_description():
 def test_a_bad_rubric_is_an_error_naming_the_key(tmp_path, edit, named):
     path = write_rubric(tmp_path, edit)
     with pytest.raises(InputError) as error:
-        load_rubric(path, SCHEMA)
+        load_rubric(path)
     assert named in str(error.value) and str(path) in str(error.value)
 
 
@@ -135,7 +135,7 @@ def test_a_tokenizer_with_space_digit_tokens_keeps_the_space_with_the_option(rub
 
 def test_an_option_of_two_tokens_is_an_error_naming_it_and_the_judge(tiny, tmp_path):
     _, tokenizer = tiny
-    bad = load_rubric(write_rubric(tmp_path, lambda d: d.update(options=["0", "1", "2", "10"])), SCHEMA)
+    bad = load_rubric(write_rubric(tmp_path, lambda d: d.update(options=["0", "1", "2", "10"])))
     with pytest.raises(InputError) as error:
         answer_frame(tokenizer, bad)
     message = str(error.value)

@@ -13,20 +13,21 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from conftest import REPO
-from llm_introspection.concepts import load_neutral_sentences, save_vectors
-from llm_introspection.injection import load_localization_texts, open_cell, run_localization
-from llm_introspection.injection_statistics import localization_statistics
+from llm_introspection.injection.concepts import save_vectors
+from llm_introspection.injection.texts import load_neutral_sentences
+from llm_introspection.injection.cell import open_cell
+from llm_introspection.injection.localization import run_localization
+from llm_introspection.injection.texts import load_localization_texts
+from llm_introspection.injection.statistics import localization_statistics
 
-SENTENCES = load_neutral_sentences(REPO / "resources/concepts/neutral_sentences.yaml",
-                                   REPO / "config/schema/concepts_neutral_sentences.schema.yaml")
+SENTENCES = load_neutral_sentences(REPO / "resources/concepts/neutral_sentences.yaml")
 LABEL = re.compile(r"SENTENCE (\d):")
 WIDTH = 64
 
 
 @pytest.fixture(scope="module")
 def loc():
-    return load_localization_texts(REPO / "resources/injection/localization.yaml",
-                                   REPO / "config/schema/injection_localization.schema.yaml")
+    return load_localization_texts(REPO / "resources/injection/localization.yaml")
 
 
 def trained_tokenizer(pre_tokenizer, decoder, initial_alphabet):

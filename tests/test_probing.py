@@ -9,16 +9,8 @@ import pytest
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from llm_introspection.errors import InputError
-from llm_introspection.probing import (
-    TABLE_COLUMNS,
-    activation_layouts,
-    embed,
-    grouped_splits,
-    make_probe,
-    pooled_activations,
-    probe,
-    probe_tasks,
-    shuffled_labels,
+from llm_introspection.study.probing import (
+    TABLE_COLUMNS, activation_layouts, embed, grouped_splits, make_probe, pooled_activations, probe, probe_tasks, shuffled_labels,
 )
 
 

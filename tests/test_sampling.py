@@ -6,13 +6,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 
 from conftest import TINY_GEMMA3, TINY_LLAMA, load_tiny
 from llm_introspection.sampling import (
-    SamplingParams,
-    draw,
-    eos_token_ids,
-    noise_streams,
-    sample_completions,
-    sampling_distribution,
-    token_statistics,
+    SamplingParams, draw, eos_token_ids, noise_streams, sample_completions, sampling_distribution, token_statistics,
 )
 
 

@@ -12,20 +12,10 @@ from sklearn.metrics import cohen_kappa_score
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 from statsmodels.stats.multitest import multipletests
 
-from llm_introspection import statistics
+from llm_introspection.study import statistics
 from llm_introspection.prompts import PROMPT_TYPES
-from llm_introspection.statistics import (
-    agreement,
-    bootstrap_ci,
-    bootstrap_two_sample_ci,
-    cohens_d,
-    compare_groups,
-    content_statistics,
-    holm,
-    mean_difference,
-    mean_ratio,
-    mixed_effects,
-    scaling,
+from llm_introspection.study.statistics import (
+    agreement, bootstrap_ci, bootstrap_two_sample_ci, cohens_d, compare_groups, content_statistics, holm, mean_difference, mean_ratio, mixed_effects, scaling,
 )
 
 INSTRUCT_EFFECT = 0.8

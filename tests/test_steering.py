@@ -5,11 +5,14 @@ import pytest
 import torch
 
 from conftest import TINY_GEMMA3, TINY_LLAMA, StandInModel, load_tiny
-from llm_introspection.concepts import mean_residual_norm
+from llm_introspection.injection.concepts import mean_residual_norm
 from llm_introspection.errors import InputError
-from llm_introspection.sampling import SamplingParams, left_pad, sample_completions
-from llm_introspection.steering import Positions, relative_strength, residual_module, steer
-from llm_introspection.tracing import capture_residual, decoder_layers
+from llm_introspection.batching import left_pad
+from llm_introspection.sampling import SamplingParams, sample_completions
+from llm_introspection.modules import residual_module
+from llm_introspection.steering import Positions, relative_strength, steer
+from llm_introspection.modules import decoder_layers
+from llm_introspection.tracing import capture_residual
 
 ARCHITECTURES = {"llama": TINY_LLAMA, "gemma3": TINY_GEMMA3}
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=6)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import TINY_GEMMA3, TINY_LLAMA, StandInModel, load_tiny
-from llm_introspection.tracing import capture_residual, decoder_layers, hidden_state_indices, trace_prompts
+from llm_introspection.modules import decoder_layers
+from llm_introspection.tracing import capture_residual, hidden_state_indices, trace_prompts
 
 
 def test_hidden_state_indices_round_fractions_of_depth():

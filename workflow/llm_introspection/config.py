@@ -3,6 +3,7 @@
 Free of torch imports: the Snakefile imports it at parse time.
 """
 
+import hashlib
 from pathlib import Path
 
 import jsonschema
@@ -10,8 +11,16 @@ import yaml
 
 from .errors import InputError
 
+# The JSON schemas of the config and of every resource file: config/schema/ of this repository.
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "config" / "schema"
 
-def read_yaml(path):
+
+def schema_path(name: str) -> Path:
+    """The schema of one kind of file: config/schema/<name>.schema.yaml."""
+    return SCHEMA_DIR / f"{name}.schema.yaml"
+
+
+def read_yaml(path) -> object:
     """Parse a YAML file, or raise InputError naming it."""
     path = Path(path)
     try:
@@ -42,11 +51,20 @@ def _validator_with_defaults(schema):
     return extended(schema)
 
 
-def validate(data, schema_path, what):
-    """Validate `data` in place (defaults filled in); raise InputError naming `what` and the key."""
-    validator = _validator_with_defaults(read_yaml(schema_path))
+def validate(data, schema, what: str):
+    """Validate `data` in place (defaults filled in) against a schema file or the schema of that
+    name (schema_path); raise InputError naming `what` and the key."""
+    path = schema if isinstance(schema, Path) or "/" in str(schema) else schema_path(schema)
+    validator = _validator_with_defaults(read_yaml(path))
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"key '{_key_path(e)}': {e.message}" for e in errors]
         raise InputError(f"{what} is invalid:\n  " + "\n  ".join(lines))
     return data
+
+
+def read_resource(path, schema: str, what: str) -> tuple[Path, dict, str]:
+    """A resource file validated against its own schema: its path, data and sha256."""
+    path = Path(path)
+    data = validate(read_yaml(path), schema, f"{what} {path}")
+    return path, data, hashlib.sha256(path.read_bytes()).hexdigest()

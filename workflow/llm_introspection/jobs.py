@@ -13,12 +13,14 @@ import pandas as pd
 import torch
 from transformers.utils import logging as transformers_logging
 
+from .batching import PAD_ID
 from .models import load_model, load_tokenizer, prepare_model, resolve_device, resolve_dtype
-from .judge import load_rubric, score_completions
 from .prompts import load_prompt, render_prompt, uses_chat_template
-from .records import completion_rows, write_csv
+from .records import completion_rows
 from .sampling import STAT_NAMES, SamplingParams, eos_token_ids, sample_completions
-from .storage import atomic_h5, read_json, set_attrs, versions, write_json
+from .storage import atomic_h5, read_json, set_attrs, versions, write_csv, write_json
+from .study.judge import score_completions
+from .study.rubric import load_rubric
 from .tracing import hidden_state_indices, trace_prompts
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -75,7 +77,7 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
         seeds * len(prompts),
         params,
         eos_token_ids(model, tokenizer),
-        tokenizer.pad_token_id,
+        PAD_ID,
         gen["batch_size"],
         gen["top_k_mass"],
     )
@@ -144,7 +146,7 @@ def run_trace(manifest_path, generation_paths, activation_paths, settings, threa
         [[rep["token_ids"] for rep in g["reps"]] for g in generations],
         indices,
         trace["batch_size"],
-        pad_id=0,  # any id: padded positions are masked out and cut from the outputs
+        pad_id=PAD_ID,
     )
     log(f"traced {sum(len(g['reps']) for g in generations)} completions in {time.perf_counter() - started:.1f} s")
     for generation, path, (prompt_states, completion_states) in zip(generations, activation_paths, traced):
@@ -183,13 +185,13 @@ def _write_activations(path, generation, record, indices, fractions, prompt_stat
             group.create_dataset("token_ids", data=np.array(rep["token_ids"], dtype=np.int64))
 
 
-def run_judge(manifest_path, generation_paths, prompt_paths, rubric_paths, output_path, settings, threads):
+def run_judge(manifest_path, generation_paths, prompt_paths, rubric_path, output_path, settings, threads):
     """Rate every completion of one model with the judge model: one row per completion, per
     dimension the option probabilities' expected level, argmax and option mass."""
     judge_settings = settings["judge"]
     model, manifest, record, _ = open_model(manifest_path, settings["runtime"], threads)
     tokenizer = load_tokenizer(manifest)
-    rubric = load_rubric(*rubric_paths)
+    rubric = load_rubric(rubric_path)
     requests = {p.id: p.instruct for p in (load_prompt(path) for path in prompt_paths)}
     rows = completion_rows(generation_paths)
     started = time.perf_counter()
@@ -206,7 +208,7 @@ def run_judge(manifest_path, generation_paths, prompt_paths, rubric_paths, outpu
     write_csv(output_path, table)
 
 
-def run_prepare(name, spec, manifest_path, shared_manifest_paths=()):
+def run_prepare_model(name, spec, manifest_path, shared_manifest_paths=()):
     """prepare_model: build or locate the weights and write the manifest; a twin of the
     shared-frame condition (one `shared_manifest_paths`) reuses its original's weights."""
     started = time.perf_counter()

@@ -1,10 +1,23 @@
-"""The prompt set: one YAML file per prompt, selected by the config, rendered per model."""
+"""Prompts and how every model input of the workflow is rendered as text.
+
+One file per prompt (selected by the config); one place that decides how a message becomes a
+model's input: `uses_chat_template` says whether a studied model reads its chat template (instruct
+models in their native frame) or a plain frame, and `chat_text` is the only call of a chat
+template, with the template's date pinned (TEMPLATE_DATE) so that a rendered prompt never depends
+on the day it was made. A judge or grader reads as an assistant: through its chat template
+whenever its tokenizer has one (`framed_ids`).
+"""
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import read_yaml, validate
 from .errors import InputError
+
+# Chat templates that print a date (Llama 3) read `date_string`; without it they call strftime_now.
+TEMPLATE_DATE = "26 Jul 2024"
+# Speaker labels of the plain transcript that models without a chat template read.
+TRANSCRIPT_LABELS = {"user": "User:", "assistant": "Assistant:"}
 
 PROMPT_TYPES = ("unconstrained", "self_reference", "structured_novelty", "topic_control")
 
@@ -17,23 +30,21 @@ class Prompt:
     base: str
 
 
-def load_prompt(path, schema_path=None):
-    """Read one prompt file, validated when a schema is given; its id must match the file name."""
+def load_prompt(path) -> Prompt:
+    """Read and validate one prompt file; its id must match the file name."""
     path = Path(path)
-    data = read_yaml(path)
-    if schema_path is not None:
-        validate(data, schema_path, f"prompt file {path}")
+    data = validate(read_yaml(path), "prompt", f"prompt file {path}")
     if data["id"] != path.stem:
         raise InputError(f"prompt file {path}: key 'id' is {data['id']!r}, expected {path.stem!r}")
     return Prompt(**data)
 
 
-def load_prompt_set(prompt_dir, schema_path):
+def load_prompt_set(prompt_dir) -> dict[str, Prompt]:
     """All prompts of a directory, by id."""
     paths = sorted(Path(prompt_dir).glob("*.yaml"))
     if not paths:
         raise InputError(f"prompt directory {prompt_dir}: no *.yaml prompt files")
-    return {prompt.id: prompt for prompt in (load_prompt(p, schema_path) for p in paths)}
+    return {prompt.id: prompt for prompt in (load_prompt(p) for p in paths)}
 
 
 def select_prompt_ids(prompt_config, prompts):
@@ -68,10 +79,62 @@ def render_prompt(prompt, tokenizer, variant, frame, model_name):
                 f"model {model_name}: variant 'instruct' with frame 'native' needs a chat template, "
                 "and its tokenizer has none (set frame: base or variant: base)"
             )
-        messages = [{"role": "user", "content": prompt.instruct}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = chat_text(tokenizer, [{"role": "user", "content": prompt.instruct}])
         token_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         text = prompt.base
         token_ids = tokenizer(text, add_special_tokens=True)["input_ids"]
     return text, list(token_ids)
+
+
+def tokenizer_name(tokenizer) -> str:
+    """A tokenizer's name for messages: where it was loaded from."""
+    return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+
+
+def chat_text(tokenizer, messages: list[dict]) -> str:
+    """`messages` through the tokenizer's chat template, up to where the assistant's answer starts."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         date_string=TEMPLATE_DATE)
+
+
+def render_conversation(tokenizer, messages: list[str], chat: bool) -> str:
+    """The text of a conversation (user and assistant messages alternating, the user's first and
+    last) up to where the assistant's answer starts: through the chat template, or as a plain
+    transcript ("User: ...", "Assistant: ...")."""
+    roles = [("user", "assistant")[i % 2] for i in range(len(messages))]
+    if not chat:
+        turns = [f"{TRANSCRIPT_LABELS[role]} {text}" for role, text in zip(roles, messages)]
+        return "\n\n".join(turns + [TRANSCRIPT_LABELS["assistant"]])
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(f"tokenizer {tokenizer_name(tokenizer)} has no chat template: render trials with chat=False")
+    return chat_text(tokenizer, [{"role": r, "content": t} for r, t in zip(roles, messages)])
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of `text`, without the tokenizer's special tokens."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _framed_head(tokenizer, system, user):
+    """A one-turn prompt up to the prefill, and whether tokenizing it adds special tokens."""
+    if getattr(tokenizer, "chat_template", None):
+        from jinja2 import TemplateError
+
+        messages = [{"role": "user", "content": user}]
+        if system:
+            try:
+                return chat_text(tokenizer, [{"role": "system", "content": system}, *messages]), False
+            except TemplateError:  # a template without a system role (Gemma's) raises
+                messages = [{"role": "user", "content": f"{system}\n\n{user}"}]
+        return chat_text(tokenizer, messages), False
+    return (f"{system}\n\n{user}\n\n" if system else f"{user}\n\n"), True
+
+
+def framed_ids(tokenizer, system: str, user: str, prefill: str) -> list[int]:
+    """Token ids of a one-turn prompt answered with `prefill`: through the chat template when the
+    tokenizer has one (system message, user message, then the assistant turn), else as plain text
+    (system text, user message, prefill). The prefill is tokenized alone, exactly as
+    readout.option_token_ids sees it."""
+    head, special = _framed_head(tokenizer, system, user)
+    return list(tokenizer(head, add_special_tokens=special)["input_ids"]) + encode(tokenizer, prefill)

@@ -1,6 +1,6 @@
-"""Rows of the study's design, read from the workflow's files, and CSV output."""
+"""Rows of the study's design, read from the workflow's files."""
 
-from .storage import atomic_path, read_json
+from .storage import read_json
 
 
 def condition(model):
@@ -37,9 +37,3 @@ def completion_rows(generation_paths):
         for rep in generation["reps"]:
             rows.append(design | {"rep": rep["rep"], "seed": rep["seed"], "text": rep["text"]})
     return rows
-
-
-def write_csv(path, table):
-    """Write a DataFrame as CSV atomically."""
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .batching import left_pad
+
 # The nucleus is searched among this many top tokens first; a full sort only when it is wider.
 _NUCLEUS_CANDIDATES = 1024
 # Rows of full-vocabulary work per chunk on the CPU: a (rows, 262k) float32 block stays in
@@ -98,18 +100,6 @@ def sample_step(logits, uniforms, params, top_k):
 def noise_streams(seeds, steps):
     """One row of uniforms per seed, each from its own generator."""
     return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds])
-
-
-def left_pad(sequences, pad_id, device):
-    """Left-padded ids, attention mask and position ids (positions count real tokens only)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, width - len(sequence) :] = torch.tensor(sequence)
-        mask[row, width - len(sequence) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
 
 
 @torch.inference_mode()

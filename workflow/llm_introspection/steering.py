@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import InputError
-from .tracing import decoder_layers
+from .modules import residual_module, untuple_tensor
 
 
 @dataclass(frozen=True)
@@ -88,14 +87,6 @@ def call_positions(args, kwargs):
     return (torch.arange(seq, device=tokens.device) + past).expand(batch, seq)
 
 
-def residual_module(model, index):
-    """The module whose output is hidden state `index`: the embeddings for 0, else block index - 1."""
-    layers = decoder_layers(model)
-    if not 0 <= index <= len(layers):
-        raise InputError(f"{type(model).__name__}: hidden-state index {index} is outside 0..{len(layers)}")
-    return model.get_input_embeddings() if index == 0 else layers[index - 1]
-
-
 @contextmanager
 def steer(model, index, vector, strength, where):
     """Add strength × vector to hidden state `index` at the Positions `where`, in every forward
@@ -114,7 +105,7 @@ def steer(model, index, vector, strength, where):
         current["positions"] = call_positions(args, kwargs)
 
     def add(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = untuple_tensor(output)
         positions = current["positions"]
         if hidden.shape[:2] != positions.shape or delta.shape[0] not in (1, hidden.shape[0]):
             raise ValueError(

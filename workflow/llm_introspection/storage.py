@@ -50,6 +50,12 @@ def write_json(path, data):
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def write_csv(path, table) -> None:
+    """Write a DataFrame as CSV atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
 def read_json(path):
     return json.loads(Path(path).read_text())
 

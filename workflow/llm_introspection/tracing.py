@@ -6,26 +6,16 @@ decoder trunk runs: no logits are computed (entropies come from generation, see 
 """
 
 from contextlib import contextmanager
+
 import torch
 
-from .errors import InputError
-from .sampling import left_pad
+from .batching import left_pad
+from .modules import residual_module, untuple_tensor
 
 
-def hidden_state_indices(fractions, n_layers):
+def hidden_state_indices(fractions: list[float], n_layers: int) -> list[int]:
     """Hidden-state indices round(f * n_layers) for each fraction, sorted and unique."""
     return sorted({int(round(f * n_layers)) for f in fractions})
-
-
-def decoder_layers(model):
-    layers = getattr(model.get_decoder(), "layers", None)
-    if layers is None:
-        raise InputError(f"{type(model).__name__}: no decoder layer list (model.get_decoder().layers)")
-    return layers
-
-
-def _first_tensor(output):
-    return output[0] if isinstance(output, tuple) else output
 
 
 @contextmanager
@@ -35,22 +25,17 @@ def capture_residual(model, indices):
     Yields a dict index -> (batch, seq, d) tensor of the latest pass. Handles layers that
     return a tensor or a tuple; the hooks are removed however the block exits.
     """
-    layers = decoder_layers(model)
     captured, handles = {}, []
 
     def keep(index):
-        def hook(module, args, kwargs, output=None):
-            hidden = _first_tensor(output) if output is not None else (args[0] if args else kwargs["hidden_states"])
-            captured[index] = hidden.detach()
+        def hook(module, args, output):
+            captured[index] = untuple_tensor(output).detach()
 
         return hook
 
     try:
         for index in indices:
-            if index == 0:
-                handles.append(layers[0].register_forward_pre_hook(keep(0), with_kwargs=True))
-            else:
-                handles.append(layers[index - 1].register_forward_hook(keep(index), with_kwargs=True))
+            handles.append(residual_module(model, index).register_forward_hook(keep(index)))
         yield captured
     finally:
         for handle in handles:

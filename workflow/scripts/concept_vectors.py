@@ -4,14 +4,14 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
 
-from llm_introspection.injection_jobs import run_concept_vectors
+from llm_introspection.injection.jobs import run_concept_vectors
 
 run_concept_vectors(
     manifest_path=snakemake.input.manifest,
     layer_fraction=float(snakemake.wildcards.layer),
     vector_path=snakemake.output[0],
-    settings=snakemake.params.injection,
-    schema_dir=snakemake.params.schema_dir,
+    settings=snakemake.params.settings,
+    resources=snakemake.params.resources,
     runtime=snakemake.params.runtime,
     threads=snakemake.threads,
 )

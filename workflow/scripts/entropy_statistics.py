@@ -4,7 +4,7 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
 
-from llm_introspection.analysis import run_entropy_statistics
+from llm_introspection.study.analysis import run_entropy_statistics
 
 run_entropy_statistics(
     entropy_paths=snakemake.input.entropy,

@@ -4,17 +4,16 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
 
-from llm_introspection.injection_jobs import run_injection_cell
+from llm_introspection.injection.jobs import run_inject
 
-run_injection_cell(
+run_inject(
     manifest_path=snakemake.input.manifest,
     vector_path=snakemake.input.vectors,
     experiment=snakemake.wildcards.experiment,
     strength=float(snakemake.wildcards.strength),
     output_path=snakemake.output[0],
-    settings=snakemake.params.injection,
-    generation=snakemake.params.generation,
-    schema_dir=snakemake.params.schema_dir,
+    settings=snakemake.params.settings,
+    resources=snakemake.params.resources,
     runtime=snakemake.params.runtime,
     threads=snakemake.threads,
 )

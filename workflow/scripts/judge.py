@@ -10,7 +10,7 @@ run_judge(
     manifest_path=snakemake.input.manifest,
     generation_paths=snakemake.input.generations,
     prompt_paths=snakemake.input.prompts,
-    rubric_paths=(snakemake.input.rubric, snakemake.params.rubric_schema),
+    rubric_path=snakemake.input.rubric,
     output_path=snakemake.output[0],
     settings={"judge": snakemake.params.judge, "runtime": snakemake.params.runtime},
     threads=snakemake.threads,

@@ -4,6 +4,6 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
 
-from llm_introspection.jobs import run_prepare
+from llm_introspection.jobs import run_prepare_model
 
-run_prepare(snakemake.wildcards.model, snakemake.params.spec, snakemake.output.manifest, snakemake.input.shared)
+run_prepare_model(snakemake.wildcards.model, snakemake.params.spec, snakemake.output.manifest, snakemake.input.shared)

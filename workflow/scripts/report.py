@@ -4,6 +4,6 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
 
-from llm_introspection.report import write_report
+from llm_introspection.report.markdown import run_report
 
-write_report(dict(snakemake.input.items()), snakemake.output[0], snakemake.params.settings)
+run_report(dict(snakemake.input.items()), snakemake.output[0], snakemake.params.settings)

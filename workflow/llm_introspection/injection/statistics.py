@@ -18,27 +18,15 @@ import pandas as pd
 from scipy.stats import binomtest
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
-from .records import write_csv
-from .statistics import bootstrap_ci, holm
-from .storage import read_json, versions, write_json
+from ..registry import EXPERIMENTS
+from ..storage import read_json, versions, write_csv, write_json
+from ..study.statistics import bootstrap_ci, holm
 
 CELL = ("model", "layer", "vector_method", "strength_relative")
 MEASURE_COLUMNS = (
     *CELL, "measure", "estimate", "low", "high", "successes", "n", "reference_successes", "reference_n",
     "chance", "p_value", "p_holm",
 )
-
-# Per experiment: its headline measure and the control it is read against (injection_*.csv).
-INJECTION_HEADLINES = {
-    "detection_logits": ("hit_rate", "false_alarm_rate"),
-    "detection_responses": ("detected_and_identified", "false_alarm_rate"),
-    "forced_identification": ("top1_injected", "top1_control"),
-    "localization": ("accuracy", None),
-    "thought_vs_text": ("thought_top1_injected", "thought_top1_control"),
-    "prefill_intent": ("intent_injected", "intent_control"),
-    "intentional_control": ("cosine_think", "cosine_dont_think"),
-}
-
 
 # --- intervals and tests ------------------------------------------------------------------------
 
@@ -286,18 +274,14 @@ def read_records(paths):
 
 
 def experiment_tables(experiment, records, seed=0):
-    """The statistics tables of one experiment's records, by output name (injection_<name>.csv)."""
-    if experiment == "localization":
-        tables = localization_statistics(records)
-        return {"localization": tables["accuracy"], "localization_margins": tables["margins"],
-                "localization_answers": tables["answers"]}
-    if experiment == "detection_logits":
-        return {experiment: detection_logit_statistics(records)}
-    if experiment == "detection_responses":
-        return {experiment: detection_response_statistics(records)}
-    statistics = {"forced_identification": forced_identification_statistics, "thought_vs_text": thought_vs_text_statistics,
-                  "prefill_intent": prefill_intent_statistics, "intentional_control": intentional_control_statistics}
-    return {experiment: statistics[experiment](records, seed)}
+    """The statistics tables of one experiment's records, by output name (injection_<name>.csv),
+    from the statistics function the registry names."""
+    spec = EXPERIMENTS[experiment]
+    function = globals()[spec.statistics]
+    result = function(records, seed) if spec.statistics_seeded else function(records)
+    if spec.tables:
+        return {output: result[key] for output, key in spec.tables.items()}
+    return {experiment: result}
 
 
 def run_injection_statistics(inputs, outputs, seed):

@@ -23,64 +23,14 @@ import h5py
 import numpy as np
 import torch
 
-from .config import read_yaml, validate
-from .errors import InputError
-from .prompts import Prompt, render_prompt
-from .sampling import left_pad
-from .storage import atomic_h5, set_attrs, versions
-from .tracing import capture_residual
+from ..batching import PAD_ID, left_pad
+from ..errors import InputError
+from ..prompts import Prompt, render_prompt
+from ..storage import atomic_h5, set_attrs, versions
+from ..tracing import capture_residual
 
 METHODS = ("mean_subtraction", "contrastive", "random")
-# Any id: padded positions are masked out of attention and cut from every result.
-_PAD_ID = 0
-
-
-# --- resources ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ConceptWords:
-    concepts: tuple
-    baseline: tuple
-    template: str  # "{word}" is replaced by the word in lower case
-
-
-@dataclass(frozen=True)
-class ContrastivePair:
-    id: str
-    specific: str
-    generic: str
-
-
-def _check_unique(items, what, path):
-    seen = set()
-    for item in items:
-        if item.casefold() in seen:
-            raise InputError(f"{path}: {what} holds {item!r} twice (case-insensitively)")
-        seen.add(item.casefold())
-
-
-def load_concept_words(path, schema_path):
-    """The concept words and the baseline words (disjoint, case-insensitively) and the request template."""
-    data = validate(read_yaml(path), schema_path, f"concept file {path}")
-    _check_unique(data["concepts"], "key 'concepts'", path)
-    _check_unique(data["baseline_words"], "key 'baseline_words'", path)
-    _check_unique(data["concepts"] + data["baseline_words"], "keys 'concepts' and 'baseline_words' together", path)
-    return ConceptWords(tuple(data["concepts"]), tuple(data["baseline_words"]), data["template"])
-
-
-def load_contrastive_pairs(path, schema_path):
-    """The specific/generic sentence pairs, in file order (unique ids)."""
-    data = validate(read_yaml(path), schema_path, f"contrastive pair file {path}")
-    _check_unique([pair["id"] for pair in data["pairs"]], "key 'pairs' (ids)", path)
-    return tuple(ContrastivePair(**pair) for pair in data["pairs"])
-
-
-def load_neutral_sentences(path, schema_path):
-    """The pool of neutral sentences, in file order (unique)."""
-    data = validate(read_yaml(path), schema_path, f"sentence file {path}")
-    _check_unique(data["sentences"], "key 'sentences'", path)
-    return tuple(data["sentences"])
-
+# --- prompts ------------------------------------------------------------------------------------
 
 def concept_prompt_ids(words, template, tokenizer, variant, frame, model_name):
     """Token ids of the request `template` for each word, rendered for this model."""
@@ -105,7 +55,7 @@ def _residual_batches(model, indices, prompts, batch_size):
     a (batch, seq) mask of the real tokens other than the attention sink (position 0)."""
     decoder = model.get_decoder()
     for start in range(0, len(prompts), batch_size):
-        ids, mask, positions = left_pad(prompts[start : start + batch_size], _PAD_ID, model.device)
+        ids, mask, positions = left_pad(prompts[start : start + batch_size], PAD_ID, model.device)
         with capture_residual(model, indices) as captured:
             decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
         yield torch.stack([captured[i] for i in indices], dim=1).float(), mask.bool() & (positions > 0)

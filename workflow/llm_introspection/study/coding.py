@@ -20,7 +20,6 @@ thresholds; this module implements exactly that rule:
 Pure regex, compiled once per lexicon; no torch import.
 """
 
-import hashlib
 import re
 import unicodedata
 from bisect import bisect_right
@@ -29,8 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import read_yaml, validate
-from .errors import InputError
+from ..config import read_resource
+from ..errors import InputError
 
 DIMENSIONS = ("self_reference", "meta_cognition", "hedging")
 CONTENT_TYPES = ("self_description", "creative", "factual", "conversational", "other")
@@ -104,11 +103,9 @@ def _compile_groups(groups, key, path):
         ) from None
 
 
-def load_lexicon(path, schema_path):
+def load_lexicon(path) -> "Lexicon":
     """Read, validate and compile a lexicon file; InputError names the file and the key at fault."""
-    path = Path(path)
-    data = read_yaml(path)
-    validate(data, schema_path, f"lexicon file {path}")
+    path, data, sha256 = read_resource(path, "lexicon", "lexicon file")
     dimensions, thresholds = {}, {}
     for name in DIMENSIONS:
         spec = data["dimensions"][name]
@@ -126,7 +123,7 @@ def load_lexicon(path, schema_path):
     return Lexicon(
         path=path,
         version=data["version"],
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        sha256=sha256,
         dimensions=dimensions,
         thresholds=thresholds,
         type_patterns=type_patterns,

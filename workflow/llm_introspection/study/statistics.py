@@ -16,7 +16,7 @@ import statsmodels.formula.api as smf
 from scipy.stats import mannwhitneyu, pearsonr, spearmanr
 from sklearn.metrics import cohen_kappa_score
 
-from .prompts import PROMPT_TYPES
+from ..prompts import PROMPT_TYPES
 
 VARIANTS = ("base", "instruct")
 # Resampled values per sample and bootstrap chunk: bounds memory at ~32 MiB per array.

@@ -12,11 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .analysis import DIMENSIONS  # noqa: E402
-from .injection_statistics import INJECTION_HEADLINES  # noqa: E402
-from .prompts import PROMPT_TYPES  # noqa: E402
-from .report import JUDGE_DIMENSIONS  # noqa: E402
-from .storage import atomic_path  # noqa: E402
+from ..registry import EXPERIMENTS  # noqa: E402
+from ..prompts import PROMPT_TYPES  # noqa: E402
+from ..storage import atomic_path  # noqa: E402
+from ..study.coding import DIMENSIONS  # noqa: E402
+from ..study.rubric import DIMENSIONS as JUDGE_DIMENSIONS  # noqa: E402
 
 DPI = 110
 # Saved PNGs carry no date or software stamp, so the same data give the same bytes.
@@ -139,10 +139,10 @@ def agreement_matrix(coded, judged, dimensions, path):
 def _headline_rows(experiment, table):
     """(headline rows, control rows) of one experiment's table; localization: the injected trials
     of each question (the controls are the other questions and the random vector)."""
-    measure, control = INJECTION_HEADLINES[experiment]
-    if experiment == "localization":
+    headline = EXPERIMENTS[experiment].headline
+    if headline.by_kind:
         return table[table["kind"] == "injected"], table[table["kind"] == "random"]
-    return table[table["measure"] == measure], table[table["measure"] == control]
+    return table[table["measure"] == headline.measure], table[table["measure"] == headline.control]
 
 
 def injection_sweep(tables, path):
@@ -151,7 +151,8 @@ def injection_sweep(tables, path):
     figure, axes = plt.subplots(1, len(tables), figsize=(4.6 * len(tables), 3.6), squeeze=False)
     for axis, (experiment, table) in zip(axes[0], tables.items()):
         rows, controls = _headline_rows(experiment, table)
-        split = ["model", "layer"] + (["question"] if experiment == "localization" else [])
+        by_kind = EXPERIMENTS[experiment].headline.by_kind
+        split = ["model", "layer"] + (["question"] if by_kind else [])
         for (key, data), color in zip(rows.groupby(split, sort=True), sns.color_palette(n_colors=12)):
             data = data.sort_values("strength_relative")
             axis.errorbar(data["strength_relative"], data["estimate"],
@@ -161,9 +162,9 @@ def injection_sweep(tables, path):
             axis.plot(control["strength_relative"], control["estimate"], "--", color=color, alpha=0.7)
         if rows["chance"].notna().any():
             axis.axhline(rows["chance"].dropna().iloc[0], color="grey", linestyle=":", linewidth=1)
-        axis.set(title=f"{experiment}: {INJECTION_HEADLINES[experiment][0]}", xlabel="strength (x mean residual norm)",
+        axis.set(title=f"{experiment}: {EXPERIMENTS[experiment].headline.measure}", xlabel="strength (x mean residual norm)",
                  ylabel="estimate")
-        axis.legend(fontsize=6, title="layer" + (", question" if experiment == "localization" else ""), title_fontsize=7)
+        axis.legend(fontsize=6, title="layer" + (", question" if by_kind else ""), title_fontsize=7)
     _save(figure, path)
 
 
@@ -174,7 +175,7 @@ def injection_heatmaps(tables, path):
     for experiment, table in tables.items():
         rows, _ = _headline_rows(experiment, table)
         for model, data in rows.groupby("model", sort=True):
-            index = ["layer", "question"] if experiment == "localization" else ["layer"]
+            index = ["layer", "question"] if EXPERIMENTS[experiment].headline.by_kind else ["layer"]
             panels.append((f"{experiment}\n{model}", data.pivot_table(index=index, columns="strength_relative",
                                                                       values="estimate", aggfunc="first")))
     figure, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.4), squeeze=False)
@@ -203,7 +204,7 @@ def localization_answers(answers, path):
 
 def run_injection_figures(inputs, outputs):
     """The injection figures from the injection_*.csv tables (`inputs`: experiment -> path)."""
-    tables = {experiment: pd.read_csv(path) for experiment, path in inputs.items() if experiment in INJECTION_HEADLINES}
+    tables = {experiment: pd.read_csv(path) for experiment, path in inputs.items() if experiment in EXPERIMENTS}
     injection_sweep(tables, outputs["injection_sweep"])
     injection_heatmaps(tables, outputs["injection_heatmaps"])
     if "localization_answers" in outputs:

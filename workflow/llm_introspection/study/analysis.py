@@ -10,22 +10,20 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .coding import code_table, load_lexicon
+from ..records import completion_rows, condition_tables, design_columns
+from ..storage import versions, write_csv, write_json
+from .coding import DIMENSIONS, code_table, load_lexicon
 from .probing import activation_layouts, embed, pooled_activations, probe_tasks
-from .records import completion_rows, condition_tables, design_columns, write_csv
 from .statistics import agreement, bootstrap_ci, content_statistics, mixed_effects, scaling
-from .storage import versions, write_json
-
-DIMENSIONS = ("self_reference", "meta_cognition", "hedging")
 # The first token's distribution depends on the prompt alone (every rep shares it), so its
 # entropies count once per (model, prompt); the mean entropies once per completion.
 FIRST_TOKEN_MEASURES = ("first_token_entropy_t1", "first_token_entropy_sampling")
 COMPLETION_MEASURES = ("mean_entropy_t1", "mean_entropy_sampling")
 
 
-def run_keyword_coding(generation_paths, lexicon_path, schema_path, output_path):
+def run_code_keywords(generation_paths, lexicon_path, output_path):
     """Code every completion of one model with the keyword lexicon: one row per completion."""
-    lexicon = load_lexicon(lexicon_path, schema_path)
+    lexicon = load_lexicon(lexicon_path)
     table = code_table(completion_rows(generation_paths), lexicon)
     table["lexicon_version"] = lexicon.version
     table["lexicon_sha256"] = lexicon.sha256
@@ -177,7 +175,7 @@ def mid_layer_index(indices, n_layers):
     return min(indices, key=lambda index: (abs(index / n_layers - 0.5), index))
 
 
-def run_embeddings(activation_paths, output_path, settings):
+def run_embeddings(activation_paths, output_path, seed):
     """embeddings.csv: 2-D PCA and UMAP coordinates of each completion's mid-layer activations
     (mean over its response tokens), one embedding per activation layout (hidden size, layers)."""
     tables = []
@@ -187,7 +185,7 @@ def run_embeddings(activation_paths, output_path, settings):
         for method in ("pca", "umap"):
             if method == "umap" and len(meta) < 4:
                 continue  # too few completions for a neighbourhood graph
-            xy = embed(features[index], method, seed=settings["seed"])
+            xy = embed(features[index], method, seed=seed)
             tables.append(meta.assign(method=method, hidden_state_index=index, layer_fraction=index / n_layers,
                                       layout=f"hidden size {hidden_size}, {n_layers} layers", x=xy[:, 0], y=xy[:, 1]))
     write_csv(output_path, pd.concat(tables, ignore_index=True))

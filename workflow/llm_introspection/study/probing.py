@@ -25,8 +25,8 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .errors import InputError
-from .records import condition, condition_tables
+from ..errors import InputError
+from ..records import condition, condition_tables
 from .statistics import VARIANTS, families_with_both_variants, holm
 
 MODEL_FIELDS = ("family", "size_b", "variant", "frame", "hidden_size", "n_layers")

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import DIMENSIONS, describe_by_model
-from .injection_statistics import INJECTION_HEADLINES
-from .prompts import PROMPT_TYPES
-from .storage import read_json, versions, write_text
+from ..registry import EXPERIMENTS
+from ..prompts import PROMPT_TYPES
+from ..storage import read_json, versions, write_text
+from ..study.analysis import describe_by_model
+from ..study.coding import DIMENSIONS
+from ..study.rubric import DIMENSIONS as JUDGE_DIMENSIONS
 
-JUDGE_DIMENSIONS = (*DIMENSIONS, "introspective_depth")
 INJECTION_FIGURE_CAPTIONS = (
     ("injection_sweep", "Headline rate by strength (Wilson CIs); dashed: control; dotted: chance."),
     ("injection_heatmaps", "Headline estimate over layer x strength."),
@@ -194,24 +195,20 @@ def caveats(models, coded, judged, content, settings):
     return found
 
 
-# measures shown beside an experiment's headline and control
-_INJECTION_COMPARISONS = {"detection_logits": ("p_yes_above_control",)}
-
-
 def _injection_rows(tables):
     """The headline rows of every injection experiment, beside the control they are read against."""
     rows = []
     for experiment, records in tables.items():
-        if experiment not in INJECTION_HEADLINES:
+        if experiment not in EXPERIMENTS:
             continue
         table = pd.DataFrame(records)
-        measure, control = INJECTION_HEADLINES[experiment]
-        if experiment == "localization":
+        headline = EXPERIMENTS[experiment].headline
+        if headline.by_kind:
             chosen = table[table["kind"].isin(["injected", "random"])]
         else:
-            chosen = table[table["measure"].isin([measure, control, *_INJECTION_COMPARISONS.get(experiment, ())])]
+            chosen = table[table["measure"].isin([headline.measure, headline.control, *headline.also])]
         for r in chosen.itertuples():
-            label = f"{r.measure} ({r.question}, {r.kind})" if experiment == "localization" else r.measure
+            label = f"{r.measure} ({r.question}, {r.kind})" if headline.by_kind else r.measure
             rows.append({"experiment": experiment, "model": r.model, "layer": r.layer, "strength": r.strength_relative,
                          "measure": label, "estimate [95% CI]": _interval(r.estimate, r.low, r.high),
                          "n": int(r.n), "chance": r.chance, "p vs chance (Holm)": r.p_holm})
@@ -247,7 +244,7 @@ def _injection(summary, settings, figures):
     return sections
 
 
-def write_report(inputs, output_path, settings):
+def run_report(inputs, output_path, settings):
     """Write the markdown report from the workflow's files (`inputs`: named paths/lists)."""
     models = [read_json(path)["model"] for path in inputs["generations"]]
     coded = pd.concat([pd.read_csv(p) for p in inputs["coding"]], ignore_index=True)

@@ -1,0 +1,44 @@
+"""Grading of sampled detection answers by a grading model (the judge of the config), read from
+the probabilities of the rubric's yes and no options."""
+
+from ..prompts import framed_ids, tokenizer_name
+from ..readout.options import answer_frame, option_answers, option_log_probs, truncate_completion
+from .cell import concept_word
+from .texts import CONTROL_CRITERIA, CRITERIA
+
+
+def grade_responses(model, tokenizer, responses, rubric, question, max_response_tokens=256, batch_size=8):
+    """Grade detection responses (records of run_detection_responses) with a grading model: per
+    criterion one pass, the verdict read from the probabilities of the rubric's yes and no options
+    after the prefill (renormalised over the two). Injected trials are graded on CRITERIA, controls
+    on CONTROL_CRITERIA (the others are None). `question` is the trial question the model saw.
+
+    Returns the records with, per criterion c: p_c (probability of yes), c (p_c > 0.5), mass_c
+    (the two options' mass under the full softmax); detected_and_identified (all four criteria;
+    None for controls), truncated, grader, rubric_version, rubric_sha256."""
+    if not responses:
+        return []
+    frame = answer_frame(tokenizer, rubric)
+    sequences, owners, graded = [], [], []
+    for index, record in enumerate(responses):
+        text, truncated = truncate_completion(tokenizer, record["text"], max_response_tokens, rubric.truncation_marker)
+        graded.append(dict(record, truncated=truncated, grader=tokenizer_name(tokenizer), rubric_version=rubric.version,
+                           rubric_sha256=rubric.sha256))
+        for criterion in CRITERIA if record["kind"] == "injected" else CONTROL_CRITERIA:
+            word = concept_word(record["concept"]) if record["concept"] is not None else ""
+            user = rubric.user_template.format(
+                instructions=rubric.instructions, question=question, response=text,
+                criterion=rubric.criteria[criterion].format(word=word), options=" or ".join(rubric.options))
+            sequences.append(framed_ids(tokenizer, rubric.system, user, frame.prefill))
+            owners.append((index, criterion))
+    log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size,
+                                 f"max_response_tokens (now {max_response_tokens})")
+    probs, _, mass = option_answers(log_probs.numpy())
+    for record in graded:
+        record.update({name: None for c in CRITERIA for name in (f"p_{c}", c, f"mass_{c}")})
+    for (index, criterion), p_yes, option_mass in zip(owners, probs[:, 0], mass):
+        graded[index].update({f"p_{criterion}": float(p_yes), criterion: bool(p_yes > 0.5),
+                              f"mass_{criterion}": float(option_mass)})
+    for record in graded:
+        record["detected_and_identified"] = all(record[c] for c in CRITERIA) if record["kind"] == "injected" else None
+    return graded

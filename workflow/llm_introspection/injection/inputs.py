@@ -1,0 +1,62 @@
+"""Trial inputs: a conversation rendered for the model (prompts.render_conversation), its token
+ids, and the token span of each marked string, found from the tokenizer's character offsets of
+the rendered text (steering.token_span), so a sentence can be steered on exactly its tokens.
+"""
+
+from dataclasses import replace
+
+from ..errors import InputError
+from ..prompts import encode, render_conversation, tokenizer_name
+from ..readout.options import answer_frame
+from ..steering import token_span
+
+
+def answer_start(prefill, chat):
+    """A prefill as it follows the rendered prompt: after a space in the plain transcript."""
+    return prefill if chat else " " + prefill
+
+
+def option_frame(tokenizer, spec, chat):
+    """judge.answer_frame for the options of `spec` after its prefill as it follows a rendered prompt."""
+    return answer_frame(tokenizer, replace(spec, prefill=answer_start(spec.prefill, chat)))
+
+
+def _encode_marked(tokenizer, text, chat, marks, path):
+    """Token ids of a rendered prompt (a chat text holds its special tokens; a plain transcript
+    gets the tokenizer's, as in prompts.render_prompt) and the token span of each marked string,
+    found after the previous one; InputError when the rendered text lacks one (a chat template
+    that rewrites messages)."""
+    encoded = tokenizer(text, add_special_tokens=not chat, return_offsets_mapping=True)
+    spans, at = [], 0
+    for mark in marks:
+        at = text.find(mark, at)
+        if at < 0:
+            raise InputError(f"{path}: {mark!r} is not in the prompt as rendered for tokenizer {tokenizer_name(tokenizer)}")
+        spans.append(token_span(encoded["offset_mapping"], at, at + len(mark)))
+        at += len(mark)
+    return list(encoded["input_ids"]), spans
+
+
+def conversation_ids(tokenizer, messages, chat, marks, prefill, path):
+    """Token ids of a conversation with `prefill` (as answer_start gives it) after it, and the
+    token span [start, end) of each marked string, in order of appearance."""
+    head = render_conversation(tokenizer, messages, chat)
+    ids, spans = _encode_marked(tokenizer, head, chat, marks, path)
+    return ids + encode(tokenizer, prefill), spans
+
+
+def detection_prompt(tokenizer, texts, chat, prefill=""):
+    """Token ids of a detection trial, with `prefill` (as answer_start gives it) after the
+    prompt, and the position of the question's first token, where injection starts."""
+    messages = [texts.preamble, texts.acknowledgement, f"{texts.opening}\n\n{texts.question}"]
+    ids, [(start, _)] = conversation_ids(tokenizer, messages, chat, [texts.question], prefill, texts.path)
+    return ids, start
+
+
+def localization_prompt(tokenizer, texts, sentences, question, chat, prefill):
+    """Token ids of a localization trial (`prefill` as answer_start gives it, after the prompt) and
+    the token span [start, end) of each sentence (its words, not its label)."""
+    lines = [texts.sentence_format.format(number=i + 1, sentence=s) for i, s in enumerate(sentences)]
+    message = texts.template.format(n=len(sentences), sentences="\n".join(lines),
+                                    question=texts.questions[question].question)
+    return conversation_ids(tokenizer, [message], chat, sentences, prefill, texts.path)

@@ -1,0 +1,31 @@
+"""Where the residual stream lives in a decoder model, for the hooks that read and steer it.
+
+Hidden-state index h follows the transformers convention: 0 is the embedding output (the input of
+block 0) and h >= 1 the output of block h - 1, read before the final norm.
+"""
+
+import torch
+
+from .errors import InputError
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder's list of blocks (model.get_decoder().layers)."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise InputError(f"{type(model).__name__}: no decoder layer list (model.get_decoder().layers)")
+    return layers
+
+
+def residual_module(model, index: int) -> torch.nn.Module:
+    """The module whose output is hidden state `index`: the embeddings for 0, else block index - 1."""
+    layers = decoder_layers(model)
+    if not 0 <= index <= len(layers):
+        raise InputError(f"{type(model).__name__}: hidden-state index {index} is outside 0..{len(layers)}")
+    return model.get_input_embeddings() if index == 0 else layers[index - 1]
+
+
+def untuple_tensor(output):
+    """A module's hidden-state output: the first element of a tuple (most transformers layers) or
+    the tensor itself (layers of transformers 5 that return one)."""
+    return output[0] if isinstance(output, tuple) else output

@@ -1,0 +1,1 @@
+"""The study's figures (figures) and the markdown report (markdown)."""
