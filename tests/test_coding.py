@@ -7,13 +7,18 @@ import pytest
 import yaml
 
 from conftest import REPO
-from llm_introspection.coding import DIMENSIONS, code_table, code_text, load_lexicon, normalise
+from llm_introspection.coding import (
+    DIMENSIONS, code_table, code_text, labelled_agreement, load_labelled_examples, load_lexicon, normalise,
+)
 from llm_introspection.config import read_yaml
 from llm_introspection.errors import InputError
 
 LEXICON = REPO / "resources/lexicons/coding.yaml"
 SCHEMA = REPO / "config/schema/lexicon.schema.yaml"
-EXAMPLES = read_yaml(REPO / "tests/data/coding_examples.yaml")["examples"]
+EXAMPLES_FILE = REPO / "resources/lexicons/labelled_examples.yaml"
+EXAMPLES_SCHEMA = REPO / "config/schema/labelled_examples.schema.yaml"
+EXAMPLES = load_labelled_examples(EXAMPLES_FILE, EXAMPLES_SCHEMA)
+TUNING = [e for e in EXAMPLES if e["split"] == "tuning"]
 FILLER = "the cat sat on the mat today"  # 7 words, no cue of any dimension
 
 
@@ -22,14 +27,13 @@ def lexicon():
     return load_lexicon(LEXICON, SCHEMA)
 
 
-def test_examples_are_many_unique_and_complete():
-    assert len(EXAMPLES) >= 30
-    assert len({e["id"] for e in EXAMPLES}) == len(EXAMPLES)
+def test_examples_are_many_and_tuning_ones_complete():
+    assert len(TUNING) >= 30 and len(EXAMPLES) - len(TUNING) >= 30
     keys = {*DIMENSIONS, "content_type", "refusal"}
-    assert all(set(e["expected"]) == keys for e in EXAMPLES)
+    assert all(set(e["expected"]) == keys for e in TUNING)
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[e["id"] for e in EXAMPLES])
+@pytest.mark.parametrize("example", TUNING, ids=[e["id"] for e in TUNING])
 def test_hand_labelled_example(example, lexicon):
     coded = code_text(example["text"], lexicon)
     got = {key: coded[key] for key in example["expected"]}
@@ -178,7 +182,8 @@ def test_lexicon_documents_levels_for_every_dimension():
         assert [text[:2] for text in levels] == ["0:", "1:", "2:", "3:"]
 
 
-def test_schema_describes_every_key():
+@pytest.mark.parametrize("schema", [SCHEMA, EXAMPLES_SCHEMA], ids=["lexicon", "labelled_examples"])
+def test_schema_describes_every_key(schema):
     def walk(node, where):
         if isinstance(node, dict):
             for key, value in node.get("properties", {}).items():
@@ -188,7 +193,37 @@ def test_schema_describes_every_key():
         elif isinstance(node, list):
             for i, value in enumerate(node):
                 walk(value, f"{where}[{i}]")
-    walk(read_yaml(SCHEMA), "schema")
+    walk(read_yaml(schema), "schema")
+
+
+# --- agreement with the labelled texts ----------------------------------------------------
+
+def test_labelled_agreement_counts_exact_matches_and_ranks():
+    examples = [
+        {"text": "perhaps", "expected": {"self_reference": 0, "meta_cognition": 0, "hedging": 1}},
+        {"text": "perhaps perhaps", "expected": {"self_reference": 0, "meta_cognition": 0, "hedging": 3}},
+        {"text": "the cat", "expected": {"self_reference": 1, "meta_cognition": 0, "hedging": 0}},
+    ]
+    table = labelled_agreement(examples, load_lexicon(LEXICON, SCHEMA)).set_index("dimension")
+    assert list(table.index) == list(DIMENSIONS) and (table["n"] == 3).all()
+    assert table.loc["hedging", "exact"] == pytest.approx(2 / 3)  # coded 1, 2, 0
+    assert table.loc["hedging", "spearman"] == pytest.approx(1.0)  # same order as 1, 3, 0
+    assert table.loc["self_reference", "exact"] == pytest.approx(2 / 3)
+    assert pd.isna(table.loc["meta_cognition", "spearman"])  # all labels 0
+
+
+def test_labelled_examples_errors_name_the_file_and_key(tmp_path):
+    data = read_yaml(EXAMPLES_FILE)
+    data["examples"][1]["expected"]["hedging"] = 4
+    data["examples"].append(dict(data["examples"][0]))
+    path = tmp_path / "labelled.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(InputError, match=r"labelled.yaml is invalid:\n  key 'examples.1.expected.hedging'"):
+        load_labelled_examples(path, EXAMPLES_SCHEMA)
+    data["examples"][1]["expected"]["hedging"] = 3
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(InputError, match=r"labelled.yaml: repeated ids \['instruct_ai_disclaimer'\]"):
+        load_labelled_examples(path, EXAMPLES_SCHEMA)
 
 
 # --- bad lexicons --------------------------------------------------------------------------
