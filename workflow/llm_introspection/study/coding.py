@@ -17,6 +17,9 @@ thresholds; this module implements exactly that rule:
   `refusal_type` when the lexicon names one;
 - refusal: any refusal pattern matches.
 
+Hand-labelled texts (resources/lexicons/labelled_examples.yaml) measure the coder's agreement
+with a reader applying the same rule (labelled_agreement).
+
 Pure regex, compiled once per lexicon; no torch import.
 """
 
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from scipy.stats import spearmanr
 
 from ..config import read_resource
 from ..errors import InputError
@@ -249,3 +253,33 @@ def _empty_columns():
         columns.append(name)
         columns.append(f"{name}_count")
     return columns + ["content_type", "refusal", "n_words", "n_sentences"]
+
+
+def load_labelled_examples(path) -> list[dict]:
+    """Read and validate hand-labelled texts; InputError names the file and the key at fault."""
+    path, data, _ = read_resource(path, "labelled_examples", "labelled examples file")
+    ids = [example["id"] for example in data["examples"]]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise InputError(f"labelled examples file {path}: repeated ids {repeated}")
+    return data["examples"]
+
+
+def labelled_agreement(examples, lexicon) -> pd.DataFrame:
+    """Per dimension: n, Spearman rho and exact agreement (share) of coded levels with the labels.
+
+    rho is NaN when the labels or the coded levels are all equal.
+    """
+    coded = [code_text(example["text"], lexicon) for example in examples]
+    rows = []
+    for name in DIMENSIONS:
+        labels = [example["expected"][name] for example in examples]
+        levels = [c[name] for c in coded]
+        constant = len(set(labels)) < 2 or len(set(levels)) < 2
+        rows.append({
+            "dimension": name,
+            "n": len(examples),
+            "spearman": float("nan") if constant else float(spearmanr(labels, levels).statistic),
+            "exact": sum(a == b for a, b in zip(labels, levels)) / len(examples) if examples else float("nan"),
+        })
+    return pd.DataFrame(rows, columns=["dimension", "n", "spearman", "exact"])
