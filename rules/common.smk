@@ -11,7 +11,7 @@ from llm_introspection.errors import InputError
 from llm_introspection.injection import texts as injection_texts
 from llm_introspection.prompts import load_prompt_set, select_prompt_ids
 from llm_introspection import registry
-from llm_introspection.study.coding import load_lexicon
+from llm_introspection.study.coding import load_labelled_examples, load_lexicon
 from llm_introspection.study.rubric import load_rubric
 
 EXPERIMENTS = registry.EXPERIMENTS
@@ -23,6 +23,7 @@ try:
     PROMPTS = load_prompt_set(config["prompts"]["dir"])
     PROMPT_IDS = select_prompt_ids(config["prompts"], PROMPTS)
     load_lexicon(config["coding"]["lexicon"])
+    load_labelled_examples(config["coding"]["labelled_examples"])
     load_rubric(config["judge"]["rubric"])
     if config["injection"]["models"]:
         for key, path in config["injection"]["resources"].items():

@@ -36,6 +36,8 @@ rule report:
         ),
         coding=expand("results/coding/keyword/{model}.csv", model=MODELS),
         judge=expand("results/judge/{model}.csv", model=MODELS),
+        lexicon=config["coding"]["lexicon"],
+        labelled_examples=config["coding"]["labelled_examples"],
         content="results/statistics/content_statistics.csv",
         mixed_effects="results/statistics/mixed_effects.json",
         scaling="results/statistics/scaling_statistics.json",

@@ -7,7 +7,9 @@ import pytest
 from conftest import CONFIG_SCHEMA, REPO
 from llm_introspection.config import read_yaml, validate
 from llm_introspection.errors import InputError
-from llm_introspection.prompts import PROMPT_TYPES, Prompt, load_prompt_set, render_prompt, select_prompt_ids
+from llm_introspection.prompts import (
+    PROMPT_TYPES, TEMPLATE_DATE, Prompt, load_prompt_set, render_prompt, select_prompt_ids,
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +101,29 @@ def test_rendering_uses_the_chat_template_only_for_native_instruct(tokenizer_dir
     tokenizer.chat_template = None
     with pytest.raises(InputError, match="model m: .*chat template"):
         render_prompt(prompt, tokenizer, "instruct", "native", "m")
+
+
+# A Llama-3-style template: it prints the date it is given, or today's date when none is.
+DATED_TEMPLATE = (
+    "{% if date_string is not defined %}{% set date_string = strftime_now('%d %b %Y') %}{% endif %}"
+    "Today Date: {{ date_string }}\n{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def test_rendered_prompts_do_not_depend_on_the_day(tokenizer_dir, monkeypatch):
+    from datetime import datetime
+
+    from transformers import AutoTokenizer
+    from transformers.utils import chat_template_utils
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.chat_template = DATED_TEMPLATE
+    prompt = Prompt(id="p", type="self_reference", instruct="What are you?", base="Q: What are you?\nA:")
+    rendered, unpinned = [], []
+    for day in (datetime(2025, 1, 1), datetime(2031, 6, 30)):
+        monkeypatch.setattr(chat_template_utils, "datetime", type("Clock", (), {"now": staticmethod(lambda: day)}))
+        rendered.append(render_prompt(prompt, tokenizer, "instruct", "native", "m"))
+        unpinned.append(tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False))
+    assert unpinned[0] != unpinned[1]  # the template does read the clock
+    assert rendered[0] == rendered[1] and f"Today Date: {TEMPLATE_DATE}" in rendered[0][0]

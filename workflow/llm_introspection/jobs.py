@@ -15,7 +15,7 @@ from transformers.utils import logging as transformers_logging
 
 from .batching import PAD_ID
 from .models import load_model, load_tokenizer, prepare_model, resolve_device, resolve_dtype
-from .prompts import load_prompt, render_prompt, uses_chat_template
+from .prompts import TEMPLATE_DATE, load_prompt, render_prompt, uses_chat_template
 from .records import completion_rows
 from .sampling import STAT_NAMES, SamplingParams, eos_token_ids, sample_completions
 from .storage import atomic_h5, read_json, set_attrs, versions, write_csv, write_json
@@ -93,7 +93,7 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
             "model": record,
             "prompt": {
                 "id": prompt.id, "type": prompt.type, "text": text, "token_ids": prompt_ids,
-                "chat_template": uses_chat_template(record["variant"], record["frame"]),
+                "chat_template": uses_chat_template(record["variant"], record["frame"]), "template_date": TEMPLATE_DATE,
             },
             "generation": gen,
             "versions": versions(),

@@ -10,7 +10,7 @@ from ..registry import EXPERIMENTS
 from ..prompts import PROMPT_TYPES
 from ..storage import read_json, versions, write_text
 from ..study.analysis import describe_by_model
-from ..study.coding import DIMENSIONS
+from ..study.coding import DIMENSIONS, labelled_agreement, load_labelled_examples, load_lexicon
 from ..study.rubric import DIMENSIONS as JUDGE_DIMENSIONS
 
 INJECTION_FIGURE_CAPTIONS = (
@@ -112,6 +112,17 @@ def _comparisons(content, title):
         "p (Holm)": _number(r["p_holm"], 3),
     } for _, r in estimable.iterrows()])
     return f"{title}:\n\n" + markdown_table(table)
+
+
+def _lexicon_agreement(examples_path, lexicon_path):
+    """How well the lexicon codes the hand-labelled texts, per dimension and split."""
+    examples, lexicon = load_labelled_examples(examples_path), load_lexicon(lexicon_path)
+    rows = [labelled_agreement([e for e in examples if split in ("all", e["split"])], lexicon).assign(texts=split)
+            for split in ("heldout", "all")]
+    table = pd.concat(rows, ignore_index=True)[["texts", "dimension", "n", "spearman", "exact"]]
+    return (f"The coder against the hand-labelled texts of `{examples_path}` (held-out: written before the lexicon's "
+            "last revision; all: with the texts it was tuned on), Spearman rho and exact agreement:\n\n"
+            + markdown_table(table.round(2)))
 
 
 def _agreement(agreement):
@@ -267,6 +278,7 @@ def run_report(inputs, output_path, settings):
         "to its patterns); mean per model and prompt type.",
         _figure("keyword_scores", "Keyword scores by model and prompt type (95% bootstrap CIs over completions)."),
         _descriptives(coded, DIMENSIONS, DIMENSIONS, seed, n_resamples),
+        _lexicon_agreement(inputs["labelled_examples"], inputs["lexicon"]),
         _comparisons(content, "Instruct vs base (pooled over families with both variants, Holm within each condition)"),
         "## LLM judge",
         _figure("judge_scores", "Judge scores (expected level over the answer tokens 0-3)."),
