@@ -1,5 +1,6 @@
 """Repository hygiene: pinned environments, rule directives, formatting, lint and profiles."""
 
+import os
 import re
 import subprocess
 import sys
@@ -71,3 +72,22 @@ def test_slurm_profile_requests_gpus_for_model_rules_only(tmp_path):
     profile = read_yaml(REPO / "profiles/slurm/config.yaml")
     assert "resources" not in profile  # a global limit would throttle the cluster to one GPU job
     assert read_yaml(REPO / "profiles/default/config.yaml")["resources"] == {"gpu": 1}
+
+
+def test_rule_script_and_job_function_share_one_name():
+    for smk in (REPO / "rules").glob("*.smk"):
+        for rule in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+            name = rule.split(":")[0]
+            script = re.search(r'script:\s*"\.\./workflow/scripts/(\w+)\.py"', rule).group(1)
+            assert script == name, f"rule {name} runs scripts/{script}.py"
+            text = (REPO / f"workflow/scripts/{script}.py").read_text()
+            assert re.search(rf"^from llm_introspection\.[\w.]+ import run_{name}$", text, flags=re.M), script
+
+
+def test_parse_time_and_analysis_modules_do_not_import_torch():
+    modules = ["registry", "config", "prompts", "injection.texts", "injection.statistics", "study.rubric",
+               "study.analysis", "report.markdown", "report.figures"]
+    code = "import sys\n" + "".join(f"import llm_introspection.{m}\n" for m in modules) + "print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    assert result.stdout.strip() == "False", result.stderr
