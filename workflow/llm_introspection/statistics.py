@@ -7,13 +7,14 @@ observations in the group comparisons; the mixed models are the analyses that tr
 clusters.
 """
 
+import math
 import warnings
 
 import numpy as np
 import pandas as pd
 import pingouin
 import statsmodels.formula.api as smf
-from scipy.stats import mannwhitneyu, pearsonr, spearmanr
+from scipy.stats import mannwhitneyu, pearsonr, permutation_test, spearmanr
 from sklearn.metrics import cohen_kappa_score
 
 from .prompts import PROMPT_TYPES
@@ -42,20 +43,35 @@ def mean_difference(a, b, axis=-1):
     return np.mean(a, axis=axis) - np.mean(b, axis=axis)
 
 
-def mean_ratio(a, b, axis=-1):
-    """mean(a) / mean(b): inf when only the denominator is 0, NaN when both are."""
+def ratio_of_means(mean_a, mean_b):
+    """mean_a / mean_b; 1 (no difference) where both are 0, +-inf where only mean_b is."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.mean(a, axis=axis) / np.mean(b, axis=axis)
+        return np.where((mean_a == 0) & (mean_b == 0), 1.0, np.divide(mean_a, mean_b))
+
+
+def standardized_difference(difference, pooled_variance):
+    """difference / sqrt(pooled_variance); 0 where both are 0 (two constant, equal groups), +-inf where
+    only the variance is 0, NaN where the variance is undefined (fewer than 3 values)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((difference == 0) & (pooled_variance == 0), 0.0,
+                        np.divide(difference, np.sqrt(pooled_variance)))
+
+
+def mean_ratio(a, b, axis=-1):
+    """mean(a) / mean(b), with ratio_of_means' values where mean(b) is 0."""
+    return ratio_of_means(np.mean(a, axis=axis), np.mean(b, axis=axis))
 
 
 def cohens_d(a, b, axis=-1):
-    """Cohen's d with the pooled SD (ddof=1); positive when mean(a) > mean(b), NaN for 0/0."""
+    """Cohen's d with the pooled SD (ddof=1); positive when mean(a) > mean(b); 0 for two constant,
+    equal groups (see standardized_difference)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     n_a, n_b = a.shape[axis], b.shape[axis]
-    pooled_var = ((n_a - 1) * np.var(a, axis=axis, ddof=1) + (n_b - 1) * np.var(b, axis=axis, ddof=1)) / (
-        n_a + n_b - 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return mean_difference(a, b, axis) / np.sqrt(pooled_var)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # ddof=1 of one value: NaN, and so is d
+        pooled_var = ((n_a - 1) * np.var(a, axis=axis, ddof=1) + (n_b - 1) * np.var(b, axis=axis, ddof=1)) / (
+            n_a + n_b - 2)
+    return standardized_difference(mean_difference(a, b, axis), pooled_var)
 
 
 def _difference_ratio_d(a, b, axis=-1):
@@ -82,13 +98,12 @@ def _bootstrap_distribution(samples, statistic, n_resamples, seed):
 def _percentile_interval(distribution, confidence):
     """Outward order statistics (no interpolation, so infinite resamples give an infinite bound).
 
-    NaN resamples (statistic undefined, e.g. 0/0) are left out; all NaN gives a NaN interval.
+    A statistic undefined (NaN) in any resample has a NaN interval: not estimable, since leaving
+    those resamples out would narrow it.
     """
-    tail = (1 - confidence) / 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low = np.nanquantile(distribution, tail, axis=-1, method="lower")
-        high = np.nanquantile(distribution, 1 - tail, axis=-1, method="higher")
+    tail = (1 - confidence) / 2  # np.quantile is NaN where any resample is
+    low = np.quantile(distribution, tail, axis=-1, method="lower")
+    high = np.quantile(distribution, 1 - tail, axis=-1, method="higher")
     return low, high
 
 
@@ -113,9 +128,9 @@ def bootstrap_two_sample_ci(a, b, statistic, n_resamples=10000, confidence=0.95,
     """Percentile bootstrap of statistic(a, b), resampling each group independently.
 
     `statistic` is called as statistic(a, b, axis=-1), e.g. mean_difference, mean_ratio, cohens_d;
-    when it stacks several values on axis 0, estimate, low and high are arrays. Resamples where the
-    statistic is NaN are left out; infinite ones (a ratio whose denominator resampled to 0) count,
-    so a bound can be inf.
+    when it stacks several values on axis 0, estimate, low and high are arrays. Infinite resamples
+    (a ratio whose denominator resampled to 0) count, so a bound can be inf; a statistic undefined
+    in some resample has a NaN interval.
     Returns (estimate, low, high).
     """
     a, b = _as_sample(a), _as_sample(b)
@@ -361,12 +376,31 @@ def _gap_row(rows, family, size, dimension, n_resamples, seed):
     }
 
 
+def spearman_exact(x, y):
+    """Spearman's rho, its two-sided exact permutation p over all n! orderings of y (scipy's
+    permutation_test; at n = 3 a perfect rho has p = 1/3, where spearmanr's t approximation says 0)
+    and the smallest p attainable at this n, 2/n!. rho and p are NaN when x or y is constant."""
+    def rho(y_order):
+        return spearmanr(x, y_order).statistic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: rho is NaN
+        observed = rho(y)
+        if np.isnan(observed):
+            return np.nan, np.nan, 2 / math.factorial(len(x))
+        test = permutation_test((np.asarray(y, dtype=float),), rho, permutation_type="pairings",
+                                n_resamples=np.inf, alternative="two-sided")
+    return float(observed), float(test.pvalue), 2 / math.factorial(len(x))
+
+
 def scaling(table, dimension, n_resamples=10000, seed=0):
     """Instruct - base gap per size within each family, and its Spearman correlation with size.
 
     Uses the sizes of a family that have both variants; a family with fewer than 2 such sizes is
-    skipped with a reason. With exactly 2 sizes rho is +-1 and its p-value NaN: a direction only.
-    Returns {"gaps": DataFrame, "trends": DataFrame, "skipped": DataFrame (family, reason)}.
+    skipped with a reason. The trend's p is exact (spearman_exact), so it can never fall below
+    `spearman_p_min` = 2/n! (1 with 2 sizes, 1/3 with 3, 1/12 with 4): a trend over few sizes is a
+    direction, not a test. Returns {"gaps": DataFrame, "trends": DataFrame, "skipped": DataFrame
+    (family, reason)}.
     """
     gaps, trends, skipped = [], [], []
     for family, rows in table.dropna(subset=[dimension]).groupby("family", sort=True):
@@ -377,13 +411,12 @@ def scaling(table, dimension, n_resamples=10000, seed=0):
         family_gaps = [
             _gap_row(rows, family, size, dimension, n_resamples, seed + len(gaps) + i) for i, size in enumerate(sizes)]
         gaps += family_gaps
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rho, p = spearmanr(sizes, [g["gap"] for g in family_gaps])
-        trends.append({"family": family, "n_sizes": len(sizes), "spearman_rho": float(rho), "spearman_p": float(p)})
+        rho, p, p_min = spearman_exact(sizes, [g["gap"] for g in family_gaps])
+        trends.append({"family": family, "n_sizes": len(sizes), "spearman_rho": rho, "spearman_p": p,
+                       "spearman_p_min": p_min})
     return {
         "gaps": pd.DataFrame(gaps, columns=["family", "size_b", "n_instruct", "n_base", "mean_instruct",
                                             "mean_base", "gap", "gap_low", "gap_high"]),
-        "trends": pd.DataFrame(trends, columns=["family", "n_sizes", "spearman_rho", "spearman_p"]),
+        "trends": pd.DataFrame(trends, columns=["family", "n_sizes", "spearman_rho", "spearman_p", "spearman_p_min"]),
         "skipped": pd.DataFrame(skipped, columns=["family", "reason"]),
     }
