@@ -3,8 +3,8 @@
 The input is a long table, one row per completion, with columns `model`, `family`, `size_b`,
 `variant` ('base' | 'instruct'), `prompt_id`, `prompt_type`, `rep` and one numeric column per
 score dimension. Missing scores (NaN) are left out. Completions are pooled as independent
-observations in the group comparisons; the mixed models are the analyses that treat families as
-clusters.
+observations in the group comparisons here (the original study's numbers, kept for comparison);
+clustered.py infers the same comparisons at model pairs and prompts.
 """
 
 import math
@@ -23,11 +23,12 @@ VARIANTS = ("base", "instruct")
 # Resampled values per sample and bootstrap chunk: bounds memory at ~32 MiB per array.
 MAX_RESAMPLED_VALUES = 2**22
 COMPARISON_STATISTICS = ("diff", "ratio", "cohens_d")
+COMPLETION_UNIT = "completion"
 COMPARISON_COLUMNS = (
-    "comparison", "dimension", "prompt_type", "headline", "families", "families_with_pairs", "label",
-    "n_a", "n_b", "mean_a", "mean_b",
+    "comparison", "dimension", "prompt_type", "headline", "families", "families_with_pairs", "unit", "label",
+    "n_a", "n_b", "n_units", "n_prompts", "mean_a", "mean_b",
     *(f"{name}{suffix}" for name in COMPARISON_STATISTICS for suffix in ("", "_low", "_high")),
-    "mannwhitney_u", "p_value", "p_holm", "reject_holm", "note",
+    "test", "test_statistic", "test_df", "mannwhitney_u", "p_value", "p_holm", "reject_holm", "note",
 )
 MIXED_MODELS = {
     "instruct": "score ~ instruct",
@@ -95,7 +96,7 @@ def _bootstrap_distribution(samples, statistic, n_resamples, seed):
     return np.concatenate(parts, axis=-1)
 
 
-def _percentile_interval(distribution, confidence):
+def percentile_interval(distribution: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Outward order statistics (no interpolation, so infinite resamples give an infinite bound).
 
     A statistic undefined (NaN) in any resample has a NaN interval: not estimable, since leaving
@@ -121,7 +122,7 @@ def bootstrap_ci(x, statistic, n_resamples=10000, confidence=0.95, seed=0):
     """
     x = _as_sample(x)
     distribution = _bootstrap_distribution([x], statistic, n_resamples, seed)
-    return (statistic(x, axis=-1), *_percentile_interval(distribution, confidence))
+    return (statistic(x, axis=-1), *percentile_interval(distribution, confidence))
 
 
 def bootstrap_two_sample_ci(a, b, statistic, n_resamples=10000, confidence=0.95, seed=0):
@@ -135,7 +136,7 @@ def bootstrap_two_sample_ci(a, b, statistic, n_resamples=10000, confidence=0.95,
     """
     a, b = _as_sample(a), _as_sample(b)
     distribution = _bootstrap_distribution([a, b], statistic, n_resamples, seed)
-    return (statistic(a, b, axis=-1), *_percentile_interval(distribution, confidence))
+    return (statistic(a, b, axis=-1), *percentile_interval(distribution, confidence))
 
 
 # --- group comparisons --------------------------------------------------------------------------
@@ -148,7 +149,8 @@ def compare_groups(a, b, label="", n_resamples=10000, seed=0, confidence=0.95):
     row = {"label": label, "n_a": a.size, "n_b": b.size, "mean_a": float(a.mean()), "mean_b": float(b.mean())}
     for i, name in enumerate(COMPARISON_STATISTICS):
         row |= {name: float(estimate[i]), f"{name}_low": float(low[i]), f"{name}_high": float(high[i])}
-    return row | {"mannwhitney_u": float(test.statistic), "p_value": float(test.pvalue)}
+    return row | {"test": "Mann-Whitney U", "test_statistic": float(test.statistic),
+                  "mannwhitney_u": float(test.statistic), "p_value": float(test.pvalue)}
 
 
 def holm(pvalues, alpha=0.05):
@@ -183,7 +185,7 @@ def _instruct_vs_base_row(table, dimension, prompt_type, n_resamples, seed):
     meta = {
         "comparison": "instruct_vs_base", "dimension": dimension, "prompt_type": prompt_type,
         "headline": headline, "families": ", ".join(paired), "families_with_pairs": ", ".join(paired),
-        "label": f"{dimension} on {prompt_type} prompts: instruct vs base",
+        "unit": COMPLETION_UNIT, "label": f"{dimension} on {prompt_type} prompts: instruct vs base (completions)",
         "note": "" if paired else "no family has both base and instruct completions",
     }
     a = _scores(rows, dimension, variant="instruct")
@@ -197,7 +199,7 @@ def _base_self_reference_vs_topic_control_row(table, n_resamples, seed):
         "comparison": "self_reference_vs_topic_control_prompts", "dimension": "self_reference",
         "prompt_type": "self_reference vs topic_control", "headline": "self_reference_over_topic_control",
         "families": ", ".join(sorted(base["family"].unique())), "families_with_pairs": np.nan,
-        "label": "base self_reference: self_reference vs topic_control prompts",
+        "unit": COMPLETION_UNIT, "label": "base self_reference: self_reference vs topic_control prompts (completions)",
         "note": "" if len(base) else "no base completions",
     }
     a = _scores(base, "self_reference", prompt_type="self_reference")
@@ -209,13 +211,16 @@ def content_statistics(table, dimensions, n_resamples=10000, seed=0, base_contra
     """Instruct vs base per (dimension, prompt type), plus (`base_contrast`) the base
     self-reference vs topic-control headline.
 
-    Instruct vs base pools the completions of the families that have both variants for that prompt
-    type (`families_with_pairs`); without any, the row carries NaN statistics and a `note`. The
+    Completions count as independent (`unit` 'completion'), as in the original study; clustered.py
+    has the same comparisons at the independent units. Instruct vs base pools the completions of
+    the families that have both variants for that prompt type (`families_with_pairs`); without
+    any, the row carries NaN statistics and a `note`. The
     `headline` column marks the original study's two ratios (instruct/base self-reference on
     self-reference prompts; base self-reference on self-reference vs topic-control prompts). Holm
     runs over all Mann-Whitney p-values of the table (`p_holm`, `reject_holm` at 0.05).
     """
-    prompt_types = [t for t in PROMPT_TYPES if t in set(table["prompt_type"])]
+    present = set(table["prompt_type"].unique())
+    prompt_types = [t for t in PROMPT_TYPES if t in present]
     specs = [(d, t) for d in dimensions for t in prompt_types]
     rows = [_instruct_vs_base_row(table, d, t, n_resamples, seed + i) for i, (d, t) in enumerate(specs)]
     if base_contrast and "self_reference" in dimensions:
@@ -260,7 +265,7 @@ def _unestimable_reason(data, model):
     return None
 
 
-def _coefficients(result):
+def fit_coefficients(result):
     terms = result.fe_params.index
     ci = result.conf_int().loc[terms]
     return {
@@ -273,7 +278,7 @@ def _coefficients(result):
     }
 
 
-def _converged_fit(model):
+def converged_fit(model):
     """(optimizers, result) of the first fit that converges to a finite likelihood, else (None, None).
 
     statsmodels' default gradient optimizers first; Powell and Nelder-Mead next, which converge
@@ -291,13 +296,13 @@ def _fit_mixed_model(formula, data):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            optimizers, result = _converged_fit(smf.mixedlm(formula, data, groups="family"))
+            optimizers, result = converged_fit(smf.mixedlm(formula, data, groups="family"))
         except (np.linalg.LinAlgError, ValueError) as error:
             return {"estimable": False, "reason": f"fit failed: {error}"}
     recorded = [f"{w.category.__name__}: {w.message}" for w in caught]
     if result is None:
         return {"estimable": False, "reason": "did not converge with any optimizer", "warnings": recorded}
-    coefficients = _coefficients(result)
+    coefficients = fit_coefficients(result)
     if not all(np.isfinite(c["se"]) for c in coefficients.values()):
         return {"estimable": False, "reason": "singular fit: standard errors are not finite", "warnings": recorded}
     return {

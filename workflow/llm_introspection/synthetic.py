@@ -28,22 +28,25 @@ def study_table(seed: int, families: int = 6, sizes: tuple = (1.0, 3.0), prompts
     switching one on leaves the rest of a table unchanged.
     """
     rng, extra = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    family_names = [f"F{i}" for i in range(families)]
     prompts = [f"{t}_{i:02d}" for t in PROMPT_TYPES for i in range(prompts_per_type)]
-    index = pd.MultiIndex.from_product(
-        [[f"F{i}" for i in range(families)], sizes, ["base", "instruct"], prompts, range(reps)],
-        names=["family", "size_b", "variant", "prompt_id", "rep"])
-    table = index.to_frame(index=False)
-    table["model"] = table["family"] + "-" + table["size_b"].astype(str) + "-" + table["variant"]
-    table["prompt_type"] = table["prompt_id"].str.rsplit("_", n=1).str[0]
-    table["condition"] = "native"
-    instruct = (table["variant"] == "instruct").to_numpy()
-    family_effect = table["family"].map(dict(zip(table["family"].unique(), rng.normal(0, family_sd, families))))
-    models, prompt_ids = table["model"].unique(), table["prompt_id"].unique()
-    model_effect = table["model"].map(dict(zip(models, extra.normal(0, model_sd, len(models)))))
-    prompt_effect = table["prompt_id"].map(dict(zip(prompt_ids, extra.normal(0, prompt_sd, len(prompt_ids)))))
-    prompt_instruct = table["prompt_id"].map(dict(zip(prompt_ids, extra.normal(0, prompt_effect_sd, len(prompt_ids)))))
+    shape = (families, len(sizes), 2, len(prompts), reps)
+    family, size, variant, prompt, rep = (axis.ravel() for axis in np.indices(shape))
+    model = (family * len(sizes) + size) * 2 + variant
+    model_names = [f"{f}-{s}-{v}" for f in family_names for s in sizes for v in ("base", "instruct")]
+    prompt_types = np.repeat(PROMPT_TYPES, prompts_per_type)
+    table = pd.DataFrame({
+        "family": np.array(family_names)[family], "size_b": np.asarray(sizes, dtype=float)[size],
+        "variant": np.array(["base", "instruct"])[variant], "prompt_id": np.array(prompts)[prompt], "rep": rep,
+        "model": np.array(model_names)[model], "prompt_type": prompt_types[prompt], "condition": "native",
+    })
+    instruct = variant == 1
+    family_effect = rng.normal(0, family_sd, families)[family]
+    model_effect = extra.normal(0, model_sd, len(model_names))[model]
+    prompt_effect = extra.normal(0, prompt_sd, len(prompts))[prompt]
+    prompt_instruct = extra.normal(0, prompt_effect_sd, len(prompts))[prompt]
     latent = (baseline + family_effect + model_effect + prompt_effect + instruct * prompt_instruct
-              + instruct_effect * (instruct & table["prompt_type"].isin(effect_prompt_types).to_numpy()))
+              + instruct_effect * (instruct & np.isin(prompt_types, effect_prompt_types)[prompt]))
     for dimension in dimensions:
         score = latent + rng.normal(0, noise_sd, len(table))
         table[dimension] = np.clip(np.round(score), LEVELS[0], LEVELS[-1]) if integer_scores else score
