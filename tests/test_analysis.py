@@ -52,7 +52,10 @@ def test_entropy_tables_read_what_generate_wrote(entropy_files):
 def test_first_token_entropy_counts_once_per_prompt(entropy_files, tmp_path):
     outputs = {"statistics": tmp_path / "s.csv", "profiles": tmp_path / "p.csv"}
     run_entropy_statistics(entropy_files, outputs, {"bootstrap_resamples": 200, "seed": 0})
-    table = pd.read_csv(outputs["statistics"])
+    statistics = pd.read_csv(outputs["statistics"])
+    clustered = statistics[statistics["unit"] == "model_pair x prompt"]
+    assert len(clustered) == 4 * 2 and clustered["note"].str.contains("1 unit").all()  # one pair, 2 prompt types
+    table = statistics[statistics["unit"] != "model_pair x prompt"]
     first = table[(table["comparison"] == "instruct_vs_base") & (table["dimension"] == "first_token_entropy_t1")]
     assert set(first["n_a"]) == {1} and set(first["n_b"]) == {1}  # one prompt per type, not one per rep
     assert first["diff"].tolist() == [1.0, 1.0]

@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..records import completion_rows, condition_tables, design_columns
 from ..storage import versions, write_csv, write_json
+from .clustered import VARIANCE_COMPONENTS, clustered_statistics, crossed_mixed_effects
 from .coding import DIMENSIONS, code_table, load_lexicon
 from .probing import activation_layouts, embed, pooled_activations, probe_tasks
 from .statistics import agreement, bootstrap_ci, content_statistics, mixed_effects, scaling
@@ -36,17 +37,20 @@ def _records(frame):
 
 
 def comparisons_by_condition(table, dimensions, n_resamples, seed):
-    """content_statistics per condition (a `condition` column; Holm within each): the native
-    frame in full, and the shared frame's instruct-vs-base rows when the design has them."""
+    """content_statistics (completions as units) and clustered_statistics (model pairs x prompts)
+    per condition, told apart by `unit` and `condition` (Holm within each unit and condition): the
+    native frame in full, and the shared frame's instruct-vs-base rows when the design has them."""
     parts = []
     for name, rows in condition_tables(table).items():
-        part = content_statistics(rows, dimensions, n_resamples, seed, base_contrast=name == "native")
-        parts.append(part.assign(condition=name))
+        for statistics in (content_statistics, clustered_statistics):
+            part = statistics(rows, dimensions, n_resamples, seed, base_contrast=name == "native")
+            parts.append(part.assign(condition=name))
     return pd.concat(parts, ignore_index=True)
 
 
 def run_content_statistics(coding_paths, outputs, settings):
-    """content_statistics.csv (both conditions), mixed_effects.json and scaling_statistics.json
+    """content_statistics.csv (both conditions, completion and clustered rows), mixed_effects.json
+    (family random intercept, and crossed model and prompt effects) and scaling_statistics.json
     (native frame) over all models."""
     table = pd.concat([pd.read_csv(path) for path in coding_paths], ignore_index=True)
     n_resamples, seed = settings["bootstrap_resamples"], settings["seed"]
@@ -57,8 +61,8 @@ def run_content_statistics(coding_paths, outputs, settings):
         "lexicon_sha256": sorted(table["lexicon_sha256"].unique()), "versions": versions(),
     }
     write_json(outputs["mixed_effects"], {
-        "random_effect": "family", **provenance,
-        "dimensions": {d: mixed_effects(table, d) for d in DIMENSIONS},
+        "random_effects": {"instruct_crossed": list(VARIANCE_COMPONENTS), "other models": ["family"]}, **provenance,
+        "dimensions": {d: mixed_effects(table, d) | crossed_mixed_effects(table, d) for d in DIMENSIONS},
     })
     write_json(outputs["scaling"], {
         "bootstrap_resamples": n_resamples, "seed": seed, **provenance,

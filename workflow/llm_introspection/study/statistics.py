@@ -3,17 +3,18 @@
 The input is a long table, one row per completion, with columns `model`, `family`, `size_b`,
 `variant` ('base' | 'instruct'), `prompt_id`, `prompt_type`, `rep` and one numeric column per
 score dimension. Missing scores (NaN) are left out. Completions are pooled as independent
-observations in the group comparisons; the mixed models are the analyses that treat families as
-clusters.
+observations in the group comparisons here (the original study's numbers, kept for comparison);
+clustered.py infers the same comparisons at model pairs and prompts.
 """
 
+import math
 import warnings
 
 import numpy as np
 import pandas as pd
 import pingouin
 import statsmodels.formula.api as smf
-from scipy.stats import mannwhitneyu, pearsonr, spearmanr
+from scipy.stats import mannwhitneyu, pearsonr, permutation_test, spearmanr
 from sklearn.metrics import cohen_kappa_score
 
 from ..prompts import PROMPT_TYPES
@@ -22,11 +23,12 @@ VARIANTS = ("base", "instruct")
 # Resampled values per sample and bootstrap chunk: bounds memory at ~32 MiB per array.
 MAX_RESAMPLED_VALUES = 2**22
 COMPARISON_STATISTICS = ("diff", "ratio", "cohens_d")
+COMPLETION_UNIT = "completion"
 COMPARISON_COLUMNS = (
-    "comparison", "dimension", "prompt_type", "headline", "families", "families_with_pairs", "label",
-    "n_a", "n_b", "mean_a", "mean_b",
+    "comparison", "dimension", "prompt_type", "headline", "families", "families_with_pairs", "unit", "label",
+    "n_a", "n_b", "n_units", "n_prompts", "mean_a", "mean_b",
     *(f"{name}{suffix}" for name in COMPARISON_STATISTICS for suffix in ("", "_low", "_high")),
-    "mannwhitney_u", "p_value", "p_holm", "reject_holm", "note",
+    "test", "test_statistic", "test_df", "mannwhitney_u", "p_value", "p_holm", "reject_holm", "note",
 )
 MIXED_MODELS = {
     "instruct": "score ~ instruct",
@@ -42,20 +44,35 @@ def mean_difference(a, b, axis=-1):
     return np.mean(a, axis=axis) - np.mean(b, axis=axis)
 
 
-def mean_ratio(a, b, axis=-1):
-    """mean(a) / mean(b): inf when only the denominator is 0, NaN when both are."""
+def ratio_of_means(mean_a, mean_b):
+    """mean_a / mean_b; 1 (no difference) where both are 0, +-inf where only mean_b is."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.mean(a, axis=axis) / np.mean(b, axis=axis)
+        return np.where((mean_a == 0) & (mean_b == 0), 1.0, np.divide(mean_a, mean_b))
+
+
+def standardized_difference(difference, pooled_variance):
+    """difference / sqrt(pooled_variance); 0 where both are 0 (two constant, equal groups), +-inf where
+    only the variance is 0, NaN where the variance is undefined (fewer than 3 values)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((difference == 0) & (pooled_variance == 0), 0.0,
+                        np.divide(difference, np.sqrt(pooled_variance)))
+
+
+def mean_ratio(a, b, axis=-1):
+    """mean(a) / mean(b), with ratio_of_means' values where mean(b) is 0."""
+    return ratio_of_means(np.mean(a, axis=axis), np.mean(b, axis=axis))
 
 
 def cohens_d(a, b, axis=-1):
-    """Cohen's d with the pooled SD (ddof=1); positive when mean(a) > mean(b), NaN for 0/0."""
+    """Cohen's d with the pooled SD (ddof=1); positive when mean(a) > mean(b); 0 for two constant,
+    equal groups (see standardized_difference)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     n_a, n_b = a.shape[axis], b.shape[axis]
-    pooled_var = ((n_a - 1) * np.var(a, axis=axis, ddof=1) + (n_b - 1) * np.var(b, axis=axis, ddof=1)) / (
-        n_a + n_b - 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return mean_difference(a, b, axis) / np.sqrt(pooled_var)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # ddof=1 of one value: NaN, and so is d
+        pooled_var = ((n_a - 1) * np.var(a, axis=axis, ddof=1) + (n_b - 1) * np.var(b, axis=axis, ddof=1)) / (
+            n_a + n_b - 2)
+    return standardized_difference(mean_difference(a, b, axis), pooled_var)
 
 
 def _difference_ratio_d(a, b, axis=-1):
@@ -79,16 +96,15 @@ def _bootstrap_distribution(samples, statistic, n_resamples, seed):
     return np.concatenate(parts, axis=-1)
 
 
-def _percentile_interval(distribution, confidence):
+def percentile_interval(distribution: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Outward order statistics (no interpolation, so infinite resamples give an infinite bound).
 
-    NaN resamples (statistic undefined, e.g. 0/0) are left out; all NaN gives a NaN interval.
+    A statistic undefined (NaN) in any resample has a NaN interval: not estimable, since leaving
+    those resamples out would narrow it.
     """
-    tail = (1 - confidence) / 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low = np.nanquantile(distribution, tail, axis=-1, method="lower")
-        high = np.nanquantile(distribution, 1 - tail, axis=-1, method="higher")
+    tail = (1 - confidence) / 2  # np.quantile is NaN where any resample is
+    low = np.quantile(distribution, tail, axis=-1, method="lower")
+    high = np.quantile(distribution, 1 - tail, axis=-1, method="higher")
     return low, high
 
 
@@ -106,21 +122,21 @@ def bootstrap_ci(x, statistic, n_resamples=10000, confidence=0.95, seed=0):
     """
     x = _as_sample(x)
     distribution = _bootstrap_distribution([x], statistic, n_resamples, seed)
-    return (statistic(x, axis=-1), *_percentile_interval(distribution, confidence))
+    return (statistic(x, axis=-1), *percentile_interval(distribution, confidence))
 
 
 def bootstrap_two_sample_ci(a, b, statistic, n_resamples=10000, confidence=0.95, seed=0):
     """Percentile bootstrap of statistic(a, b), resampling each group independently.
 
     `statistic` is called as statistic(a, b, axis=-1), e.g. mean_difference, mean_ratio, cohens_d;
-    when it stacks several values on axis 0, estimate, low and high are arrays. Resamples where the
-    statistic is NaN are left out; infinite ones (a ratio whose denominator resampled to 0) count,
-    so a bound can be inf.
+    when it stacks several values on axis 0, estimate, low and high are arrays. Infinite resamples
+    (a ratio whose denominator resampled to 0) count, so a bound can be inf; a statistic undefined
+    in some resample has a NaN interval.
     Returns (estimate, low, high).
     """
     a, b = _as_sample(a), _as_sample(b)
     distribution = _bootstrap_distribution([a, b], statistic, n_resamples, seed)
-    return (statistic(a, b, axis=-1), *_percentile_interval(distribution, confidence))
+    return (statistic(a, b, axis=-1), *percentile_interval(distribution, confidence))
 
 
 # --- group comparisons --------------------------------------------------------------------------
@@ -133,7 +149,8 @@ def compare_groups(a, b, label="", n_resamples=10000, seed=0, confidence=0.95):
     row = {"label": label, "n_a": a.size, "n_b": b.size, "mean_a": float(a.mean()), "mean_b": float(b.mean())}
     for i, name in enumerate(COMPARISON_STATISTICS):
         row |= {name: float(estimate[i]), f"{name}_low": float(low[i]), f"{name}_high": float(high[i])}
-    return row | {"mannwhitney_u": float(test.statistic), "p_value": float(test.pvalue)}
+    return row | {"test": "Mann-Whitney U", "test_statistic": float(test.statistic),
+                  "mannwhitney_u": float(test.statistic), "p_value": float(test.pvalue)}
 
 
 def holm(pvalues, alpha=0.05):
@@ -168,7 +185,7 @@ def _instruct_vs_base_row(table, dimension, prompt_type, n_resamples, seed):
     meta = {
         "comparison": "instruct_vs_base", "dimension": dimension, "prompt_type": prompt_type,
         "headline": headline, "families": ", ".join(paired), "families_with_pairs": ", ".join(paired),
-        "label": f"{dimension} on {prompt_type} prompts: instruct vs base",
+        "unit": COMPLETION_UNIT, "label": f"{dimension} on {prompt_type} prompts: instruct vs base (completions)",
         "note": "" if paired else "no family has both base and instruct completions",
     }
     a = _scores(rows, dimension, variant="instruct")
@@ -182,7 +199,7 @@ def _base_self_reference_vs_topic_control_row(table, n_resamples, seed):
         "comparison": "self_reference_vs_topic_control_prompts", "dimension": "self_reference",
         "prompt_type": "self_reference vs topic_control", "headline": "self_reference_over_topic_control",
         "families": ", ".join(sorted(base["family"].unique())), "families_with_pairs": np.nan,
-        "label": "base self_reference: self_reference vs topic_control prompts",
+        "unit": COMPLETION_UNIT, "label": "base self_reference: self_reference vs topic_control prompts (completions)",
         "note": "" if len(base) else "no base completions",
     }
     a = _scores(base, "self_reference", prompt_type="self_reference")
@@ -194,13 +211,16 @@ def content_statistics(table, dimensions, n_resamples=10000, seed=0, base_contra
     """Instruct vs base per (dimension, prompt type), plus (`base_contrast`) the base
     self-reference vs topic-control headline.
 
-    Instruct vs base pools the completions of the families that have both variants for that prompt
-    type (`families_with_pairs`); without any, the row carries NaN statistics and a `note`. The
+    Completions count as independent (`unit` 'completion'), as in the original study; clustered.py
+    has the same comparisons at the independent units. Instruct vs base pools the completions of
+    the families that have both variants for that prompt type (`families_with_pairs`); without
+    any, the row carries NaN statistics and a `note`. The
     `headline` column marks the original study's two ratios (instruct/base self-reference on
     self-reference prompts; base self-reference on self-reference vs topic-control prompts). Holm
     runs over all Mann-Whitney p-values of the table (`p_holm`, `reject_holm` at 0.05).
     """
-    prompt_types = [t for t in PROMPT_TYPES if t in set(table["prompt_type"])]
+    present = set(table["prompt_type"].unique())
+    prompt_types = [t for t in PROMPT_TYPES if t in present]
     specs = [(d, t) for d in dimensions for t in prompt_types]
     rows = [_instruct_vs_base_row(table, d, t, n_resamples, seed + i) for i, (d, t) in enumerate(specs)]
     if base_contrast and "self_reference" in dimensions:
@@ -245,7 +265,7 @@ def _unestimable_reason(data, model):
     return None
 
 
-def _coefficients(result):
+def fit_coefficients(result):
     terms = result.fe_params.index
     ci = result.conf_int().loc[terms]
     return {
@@ -258,7 +278,7 @@ def _coefficients(result):
     }
 
 
-def _converged_fit(model):
+def converged_fit(model):
     """(optimizers, result) of the first fit that converges to a finite likelihood, else (None, None).
 
     statsmodels' default gradient optimizers first; Powell and Nelder-Mead next, which converge
@@ -276,13 +296,13 @@ def _fit_mixed_model(formula, data):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            optimizers, result = _converged_fit(smf.mixedlm(formula, data, groups="family"))
+            optimizers, result = converged_fit(smf.mixedlm(formula, data, groups="family"))
         except (np.linalg.LinAlgError, ValueError) as error:
             return {"estimable": False, "reason": f"fit failed: {error}"}
     recorded = [f"{w.category.__name__}: {w.message}" for w in caught]
     if result is None:
         return {"estimable": False, "reason": "did not converge with any optimizer", "warnings": recorded}
-    coefficients = _coefficients(result)
+    coefficients = fit_coefficients(result)
     if not all(np.isfinite(c["se"]) for c in coefficients.values()):
         return {"estimable": False, "reason": "singular fit: standard errors are not finite", "warnings": recorded}
     return {
@@ -361,12 +381,31 @@ def _gap_row(rows, family, size, dimension, n_resamples, seed):
     }
 
 
+def spearman_exact(x, y):
+    """Spearman's rho, its two-sided exact permutation p over all n! orderings of y (scipy's
+    permutation_test; at n = 3 a perfect rho has p = 1/3, where spearmanr's t approximation says 0)
+    and the smallest p attainable at this n, 2/n!. rho and p are NaN when x or y is constant."""
+    def rho(y_order):
+        return spearmanr(x, y_order).statistic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: rho is NaN
+        observed = rho(y)
+        if np.isnan(observed):
+            return np.nan, np.nan, 2 / math.factorial(len(x))
+        test = permutation_test((np.asarray(y, dtype=float),), rho, permutation_type="pairings",
+                                n_resamples=np.inf, alternative="two-sided")
+    return float(observed), float(test.pvalue), 2 / math.factorial(len(x))
+
+
 def scaling(table, dimension, n_resamples=10000, seed=0):
     """Instruct - base gap per size within each family, and its Spearman correlation with size.
 
     Uses the sizes of a family that have both variants; a family with fewer than 2 such sizes is
-    skipped with a reason. With exactly 2 sizes rho is +-1 and its p-value NaN: a direction only.
-    Returns {"gaps": DataFrame, "trends": DataFrame, "skipped": DataFrame (family, reason)}.
+    skipped with a reason. The trend's p is exact (spearman_exact), so it can never fall below
+    `spearman_p_min` = 2/n! (1 with 2 sizes, 1/3 with 3, 1/12 with 4): a trend over few sizes is a
+    direction, not a test. Returns {"gaps": DataFrame, "trends": DataFrame, "skipped": DataFrame
+    (family, reason)}.
     """
     gaps, trends, skipped = [], [], []
     for family, rows in table.dropna(subset=[dimension]).groupby("family", sort=True):
@@ -377,13 +416,12 @@ def scaling(table, dimension, n_resamples=10000, seed=0):
         family_gaps = [
             _gap_row(rows, family, size, dimension, n_resamples, seed + len(gaps) + i) for i, size in enumerate(sizes)]
         gaps += family_gaps
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rho, p = spearmanr(sizes, [g["gap"] for g in family_gaps])
-        trends.append({"family": family, "n_sizes": len(sizes), "spearman_rho": float(rho), "spearman_p": float(p)})
+        rho, p, p_min = spearman_exact(sizes, [g["gap"] for g in family_gaps])
+        trends.append({"family": family, "n_sizes": len(sizes), "spearman_rho": rho, "spearman_p": p,
+                       "spearman_p_min": p_min})
     return {
         "gaps": pd.DataFrame(gaps, columns=["family", "size_b", "n_instruct", "n_base", "mean_instruct",
                                             "mean_base", "gap", "gap_low", "gap_high"]),
-        "trends": pd.DataFrame(trends, columns=["family", "n_sizes", "spearman_rho", "spearman_p"]),
+        "trends": pd.DataFrame(trends, columns=["family", "n_sizes", "spearman_rho", "spearman_p", "spearman_p_min"]),
         "skipped": pd.DataFrame(skipped, columns=["family", "reason"]),
     }
