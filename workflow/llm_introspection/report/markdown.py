@@ -76,13 +76,18 @@ def _source(source):
 def _headlines(content):
     rows = content[content["headline"].fillna("") != ""]
     table = pd.DataFrame([{
-        "headline": r["label"], "condition": r["condition"], "n": f"{r['n_a']:.0f} vs {r['n_b']:.0f}",
+        "headline": r["label"], "unit": r["unit"], "condition": r["condition"],
+        "n": f"{r['n_a']:.0f} vs {r['n_b']:.0f}",
         "means": f"{_number(r['mean_a'])} vs {_number(r['mean_b'])}",
         "ratio [95% CI]": _interval(r["ratio"], r["ratio_low"], r["ratio_high"]),
         "Cohen's d [95% CI]": _interval(r["cohens_d"], r["cohens_d_low"], r["cohens_d_high"]),
         "p (Holm)": _number(r["p_holm"], 3), "note": r["note"] if isinstance(r["note"], str) else "",
     } for _, r in rows.iterrows()])
-    return "## Headline results\n\n" + markdown_table(table)
+    return ("## Headline results\n\nEach headline at two units: `completion` pools every sample (the original "
+            "study's arithmetic, for comparison: its CIs are too narrow, since samples of one prompt and model are "
+            "not independent) and the clustered unit (model pair x prompt, or model x prompt within base models), "
+            "which resamples pairs and prompts and is the one to cite. Holm corrects within each unit and "
+            "condition over the dimension x prompt-type comparisons.\n\n" + markdown_table(table))
 
 
 def interval_table(described, measures, names):
@@ -106,7 +111,7 @@ def _comparisons(content, title):
         notes = sorted(set(rows["note"].dropna()))
         return f"{title}: not estimable ({'; '.join(notes)})."
     table = pd.DataFrame([{
-        "dimension": r["dimension"], "prompt type": r["prompt_type"], "condition": r["condition"],
+        "dimension": r["dimension"], "prompt type": r["prompt_type"], "unit": r["unit"], "condition": r["condition"],
         "families": r["families_with_pairs"], "instruct − base [95% CI]": _interval(r["diff"], r["diff_low"], r["diff_high"]),
         "d [95% CI]": _interval(r["cohens_d"], r["cohens_d_low"], r["cohens_d_high"]),
         "p (Holm)": _number(r["p_holm"], 3),
@@ -279,7 +284,7 @@ def run_report(inputs, output_path, settings):
         _figure("keyword_scores", "Keyword scores by model and prompt type (95% bootstrap CIs over completions)."),
         _descriptives(coded, DIMENSIONS, DIMENSIONS, seed, n_resamples),
         _lexicon_agreement(inputs["labelled_examples"], inputs["lexicon"]),
-        _comparisons(content, "Instruct vs base (pooled over families with both variants, Holm within each condition)"),
+        _comparisons(content, "Instruct vs base (families with both variants; Holm within each unit and condition)"),
         "## LLM judge",
         _figure("judge_scores", "Judge scores (expected level over the answer tokens 0-3)."),
         _descriptives(judged, judge_columns, JUDGE_DIMENSIONS, seed, n_resamples),
@@ -302,7 +307,9 @@ def run_report(inputs, output_path, settings):
         *(_injection(read_json(inputs["injection"]), settings["injection"],
                      [(n, c) for n, c in INJECTION_FIGURE_CAPTIONS if any(Path(f).stem == n for f in inputs["injection_figures"])])
           if "injection" in inputs else []),
-        "## Mixed-effects models (family as random effect) and scaling",
+        "## Mixed-effects models and scaling",
+        "Family random intercept (as the original study), and `instruct_crossed`: crossed family, model, prompt and "
+        "prompt x instruct variance components, fitted to (model, prompt) cell means.",
         _mixed_effects(mixed),
         _scaling(scaling),
         "### Not estimable in this design",
