@@ -16,7 +16,7 @@ from llm_introspection.injection import grading, inputs
 from llm_introspection.injection.concepts import (
     concept_prompt_ids, matched_random_vectors, mean_residual_norm, mean_subtraction_vectors, save_vectors, sentence_ids,
 )
-from llm_introspection.injection.texts import load_neutral_sentences
+from llm_introspection.injection.texts import load_concept_words, load_neutral_sentences
 from llm_introspection.errors import InputError
 from llm_introspection.injection.cell import open_cell, write_records
 from llm_introspection.injection.detection import (
@@ -126,6 +126,8 @@ def token_id(tokenizer, token):
 def test_resources_validate(det, loc, rubric, thought):
     assert det.question.startswith("Trial 1:") and det.answer.options == ("Yes", "No")
     assert det.forced_prefill.endswith("The thought is about")
+    assert det.wordings[0] == det.question and len(det.wordings) == 13
+    assert len(det.control_questions) == len(det.leak_requests) == 12 and det.leak_prefill == "Sure. The word is"
     assert loc.n_sentences == 5 and loc.introspection == "locate"
     assert set(loc.questions) == {"locate", "prefer", "abstract", "stands_out"}
     assert all(q.prefill.endswith("SENTENCE") for q in loc.questions.values())
@@ -133,6 +135,16 @@ def test_resources_validate(det, loc, rubric, thought):
     assert tuple(thought.instructions) == INSTRUCTIONS and thought.intent_answer.options == ("Yes", "No")
     assert "{word}" in thought.instructions["think"] and "{word}" not in thought.instructions["neutral"]
     assert all(len(sha) == 64 for sha in (det.sha256, loc.sha256, rubric.sha256, thought.sha256))
+
+
+def test_detection_variants_name_no_concept_or_baseline_word(det):
+    """A control question or leak request that named a concept would be answered differently when
+    that concept is injected for a reason other than steering alone."""
+    words = load_concept_words(REPO / "resources/concepts/concepts.yaml")
+    stems = {w.lower().rstrip("s") for w in words.concepts + words.baseline}
+    for text in (*det.wordings, *det.control_questions, *det.leak_requests, det.leak_prefill):
+        named = {t.rstrip("s") for t in re.findall(r"[a-z]+", text.lower())} & stems
+        assert not named, (text, named)
 
 
 def edited(tmp_path, source, edit):
@@ -154,6 +166,10 @@ def edited(tmp_path, source, edit):
      r"key 'questions.prefer': 'prefill' is a required property"),
     (DETECTION, load_detection_texts, lambda d: d["answer"].update(options=["Yes"]),
      r"key 'answer.options'"),
+    (DETECTION, load_detection_texts, lambda d: d["paraphrases"].append(d["question"].upper()),
+     r"keys 'question' and 'paraphrases' together holds"),
+    (DETECTION, load_detection_texts, lambda d: d["leak"].pop("prefill"),
+     r"key 'leak': 'prefill' is a required property"),
     (RUBRIC, load_grading_rubric, lambda d: d["criteria"].update(identifies="Is it right?"),
      r"key 'criteria.identifies': no \{word\}"),
     (RUBRIC, load_grading_rubric, lambda d: d.update(user_template="{criterion}"),

@@ -296,3 +296,20 @@ def test_localization_accuracy_margins_and_position_bias(tmp_path):
 def test_json_ready_turns_nan_into_null():
     table = pd.DataFrame({"measure": ["a"], "estimate": [np.nan], "n": [3]})
     assert json_ready({"t": table}) == {"t": [{"measure": "a", "estimate": None, "n": 3}]}
+
+
+def test_report_section_reads_the_new_controls(tmp_path):
+    """The report's injection section shows the logit metric's headline against its controls and
+    says how many control trials there are and which tests each Holm family covers."""
+    from llm_introspection.report.markdown import _injection
+
+    tables = {"detection_logits": detection_logit_statistics(
+        through_files(tmp_path, detection_records(), "detection_logits"))}
+    settings = {"models": ["m"], "vector_method": "mean_subtraction", "n_concepts": 4, "layer_fractions": [0.5],
+                "strengths": [1.0], "n_variants": 10, "min_option_mass": 0.1}
+    text = "\n\n".join(_injection({"tables": json_ready(tables)}, settings, []))
+    shown = {line.split(" | ")[4] for line in text.splitlines() if line.startswith("| detection_logits")}
+    assert shown == {"hit_rate", "false_alarm_rate", "hit_minus_false_alarm", "d_prime", "random_yes_rate",
+                     "control_question_yes_bias"}
+    assert "one control trial" not in text and "over 10 wordings" in text and "less than 0.1" in text
+    assert "Holm corrections: per cell and table" in text
