@@ -15,7 +15,7 @@ from .inputs import answer_start, detection_prompt, leak_prompt, option_frame
 WORDINGS = "question + paraphrases"  # the key of texts.wordings, as errors name it
 
 
-def variants(items, n, key, path):
+def variants(items: tuple, n: int, key: str, path) -> tuple:
     """The first n items of a resource list; InputError naming the file and key when it has fewer."""
     if n > len(items):
         raise InputError(f"{path}: key '{key}' holds {len(items)} variants, fewer than injection.n_variants = {n}")

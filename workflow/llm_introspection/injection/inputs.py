@@ -55,7 +55,7 @@ def detection_prompt(tokenizer, texts, chat, prefill="", question=None):
     return ids, start
 
 
-def leak_prompt(tokenizer, texts, request, chat, prefill):
+def leak_prompt(tokenizer, texts, request: str, chat: bool, prefill: str) -> tuple[list[int], int]:
     """Token ids of a leak trial: one user turn, `request`, then `prefill` (as answer_start gives
     it); injection starts at the request's first token, position `start`."""
     ids, [(start, _)] = conversation_ids(tokenizer, [request], chat, [request], prefill, texts.path)

@@ -52,7 +52,8 @@ def newcombe_difference(successes, n, reference_successes, reference_n, confiden
     return successes / n - reference_successes / reference_n, float(low), float(high)
 
 
-def d_prime(hits, n_signal, false_alarms, n_noise, confidence=0.95):
+def d_prime(hits: int, n_signal: int, false_alarms: int, n_noise: int,
+            confidence: float = 0.95) -> tuple[float, float, float]:
     """d' = z(H) - z(F) and its normal-approximation interval, with the log-linear correction
     (Hautus 1995) on every cell: H = (hits + 0.5) / (n_signal + 1), F likewise, so rates of 0 or 1
     give finite values; the variance is Gourevitch & Galanter's (1967), H(1 - H) / (N phi(z(H))^2)
@@ -92,7 +93,7 @@ def difference_row(measure, flags, reference_flags, confidence=0.95):
             "n": int(flags.size), "reference_successes": int(reference.sum()), "reference_n": int(reference.size)}
 
 
-def d_prime_row(measure, hits, false_alarms, confidence=0.95):
+def d_prime_row(measure: str, hits, false_alarms, confidence: float = 0.95) -> dict:
     """d' of boolean hit flags (signal trials) against false-alarm flags (noise trials)."""
     hits, alarms = np.asarray(hits, dtype=bool), np.asarray(false_alarms, dtype=bool)
     estimate, low, high = d_prime(int(hits.sum()), hits.size, int(alarms.sum()), alarms.size, confidence)
