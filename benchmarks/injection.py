@@ -53,7 +53,8 @@ def main():
         runs = {
             "detection_responses": timed(lambda: run_detection_responses(
                 model, tokenizer, cell, det, params, 1, 0, batch, concepts)),
-            "detection_logits": timed(lambda: run_detection_logits(model, tokenizer, cell, det, batch, concepts)),
+            "detection_logits": timed(lambda: run_detection_logits(
+                model, tokenizer, cell, det, n_variants=2, batch_size=batch, concepts=concepts)),
             "localization": timed(lambda: run_localization(
                 model, tokenizer, cell, loc, sentences, 2, 0, batch, concepts=concepts, questions=[loc.introspection])),
         }
@@ -64,10 +65,11 @@ def main():
         print(f"| {name} ({args.max_new_tokens} new tokens)" if name == "detection_responses" else f"| {name}",
               f"| {len(records)} | {seconds:.1f} | {len(records) / seconds:.2f} |")
     # A full sweep: 50 concepts x 5 layers x 4 strengths; per cell, detection_responses has 50
-    # injected + 50 control trials, detection_logits 51, localization 50 trials x 4 questions x
+    # injected + 50 control trials, detection_logits 10 wordings x (50 concepts + 50 random + 1
+    # control) + 10 control questions x (50 + 1) = 1,520, localization 50 trials x 4 questions x
     # (2 x 5 positions + 1 control) = 2,200 forward passes.
     cells = 5 * 4
-    trials = {"detection_responses": 100, "detection_logits": 51, "localization": 2200}
+    trials = {"detection_responses": 100, "detection_logits": 1520, "localization": 2200}
     projected = {name: cells * n * per_trial[name] for name, n in trials.items()}
     print("\nProjected full sweep (50 concepts x 5 layers x 4 strengths, this machine):")
     for name, seconds in projected.items():

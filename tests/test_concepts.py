@@ -8,8 +8,8 @@ import yaml
 from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, load_tiny
 from llm_introspection import __version__
 from llm_introspection.injection.concepts import (
-    concept_prompt_ids, contrastive_vectors, last_token_activations, load_vectors, matched_random_vectors,
-    mean_subtraction_vectors, mean_token_activations, save_vectors, sentence_ids,
+    concept_like_random_vectors, concept_prompt_ids, contrastive_vectors, last_token_activations, load_vectors,
+    matched_random_vectors, mean_subtraction_vectors, mean_token_activations, save_vectors, sentence_ids,
 )
 from llm_introspection.injection.texts import load_concept_words, load_contrastive_pairs, load_neutral_sentences
 from llm_introspection.errors import InputError
@@ -102,11 +102,11 @@ def test_mean_subtraction_recovers_a_planted_direction(tiny):
     model, tokenizer = tiny
     concept_ids = base_requests(["Dust", "Snow", "Milk"], tokenizer)
     baseline_ids = base_requests(["Desks", "Jackets", "Chairs", "Clouds"], tokenizer)
-    before = mean_subtraction_vectors(model, INDICES, concept_ids, baseline_ids, batch_size=2)
+    before, _ = mean_subtraction_vectors(model, INDICES, concept_ids, baseline_ids, batch_size=2)
     direction = 1000 * torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     scale = getattr(model.get_input_embeddings(), "scalar_embed_scale", 1.0)  # Gemma scales embeddings
     snow = planted(model, concept_ids[1][-1], direction)
-    after = mean_subtraction_vectors(snow, INDICES, concept_ids, baseline_ids, batch_size=2)
+    after, _ = mean_subtraction_vectors(snow, INDICES, concept_ids, baseline_ids, batch_size=2)
     assert after.shape == (3, 3, model.config.hidden_size) and after.dtype == np.float32
     np.testing.assert_allclose(after[1, 0] - before[1, 0], scale * direction.numpy(), rtol=1e-4, atol=1e-3)
     for k in range(len(INDICES)):
@@ -118,10 +118,13 @@ def test_mean_subtraction_cancels_what_every_prompt_shares(tiny):
     model, tokenizer = tiny
     concept_ids = base_requests(["Oceans", "Bread"], tokenizer)
     baseline_ids = base_requests(["Desks", "Jackets", "Chairs"], tokenizer)
-    plain = mean_subtraction_vectors(model, [2], concept_ids, baseline_ids, batch_size=4)
+    plain, plain_baseline = mean_subtraction_vectors(model, [2], concept_ids, baseline_ids, batch_size=4)
     with steer(model, 2, torch.ones(model.config.hidden_size), 50.0, Positions.onward(0)):
-        shifted = mean_subtraction_vectors(model, [2], concept_ids, baseline_ids, batch_size=4)
+        shifted, shifted_baseline = mean_subtraction_vectors(model, [2], concept_ids, baseline_ids, batch_size=4)
     np.testing.assert_allclose(shifted, plain, atol=1e-4)
+    np.testing.assert_allclose(shifted_baseline, plain_baseline, atol=1e-4)
+    activations = last_token_activations(model, [2], baseline_ids, batch_size=4)
+    np.testing.assert_allclose(plain_baseline, activations - activations.mean(axis=0), atol=1e-5)
 
 
 def test_last_token_activations_ignore_left_padding(tiny):
@@ -168,6 +171,24 @@ def test_random_vectors_match_norms_and_are_reproducible():
     assert max(abs(cosine(r, v)) for r, v in zip(random.reshape(-1, 16), vectors.reshape(-1, 16))) < 0.99
 
 
+def test_concept_like_random_vectors_have_the_given_norms_and_live_in_the_span_of_word_vectors():
+    """Draws from the baseline words' covariance, not an isotropic Gaussian: with word vectors in a
+    5-dimensional subspace of R^32, every random vector lies in it."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((32, 5)))[0]
+    baseline = rng.standard_normal((12, 5)) @ basis.T
+    baseline -= baseline.mean(axis=0)
+    norms = [1.0, 7.5, 30.0]
+    random = concept_like_random_vectors(baseline, norms, seed=[3, 1])
+    assert random.shape == (3, 32) and random.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(random, axis=-1), norms, rtol=1e-5)
+    np.testing.assert_allclose(random - random @ basis @ basis.T, 0, atol=1e-4)
+    np.testing.assert_array_equal(random, concept_like_random_vectors(baseline, norms, seed=[3, 1]))
+    assert not np.allclose(random, concept_like_random_vectors(baseline, norms, seed=[3, 2]))
+    isotropic = matched_random_vectors(random, seed=0)
+    assert np.linalg.norm(isotropic - isotropic @ basis @ basis.T, axis=-1).min() > 0.5 * min(norms)
+
+
 # --- files --------------------------------------------------------------------------------------
 
 def test_vectors_round_trip_with_provenance(tmp_path):
@@ -187,8 +208,11 @@ def test_vectors_round_trip_with_provenance(tmp_path):
     assert attrs["model"] == record and attrs["layer"] == 2 and attrs["method"] == "random" and attrs["seed"] == 42
     assert attrs["baseline_words"] == ["Desks", "Chairs"] and attrs["template"] == "Tell me about {word}"
     assert attrs["versions"]["llm_introspection"] == __version__ and attrs["versions"]["torch"]
+    assert loaded.baseline is None
     save_vectors(path, vectors, ["a", "b", "c"], model="m", layer=0, method="contrastive")
     assert load_vectors(path).attrs["seed"] is None
+    save_vectors(path, vectors, ["a", "b", "c"], model="m", layer=0, method="mean_subtraction", baseline=vectors[:2])
+    np.testing.assert_array_equal(load_vectors(path).baseline, vectors[:2])
 
 
 def test_bad_vector_files_are_refused(tmp_path):

@@ -16,14 +16,14 @@ from llm_introspection.injection import grading, inputs
 from llm_introspection.injection.concepts import (
     concept_prompt_ids, matched_random_vectors, mean_residual_norm, mean_subtraction_vectors, save_vectors, sentence_ids,
 )
-from llm_introspection.injection.texts import load_neutral_sentences
+from llm_introspection.injection.texts import load_concept_words, load_neutral_sentences
 from llm_introspection.errors import InputError
 from llm_introspection.injection.cell import open_cell, write_records
 from llm_introspection.injection.detection import (
     run_detection_logits, run_detection_responses, run_forced_identification,
 )
 from llm_introspection.injection.grading import grade_responses
-from llm_introspection.injection.inputs import answer_start, detection_prompt, localization_prompt
+from llm_introspection.injection.inputs import answer_start, detection_prompt, leak_prompt, localization_prompt
 from llm_introspection.injection.localization import run_localization
 from llm_introspection.injection.texts import (
     CRITERIA, INSTRUCTIONS, AnswerSpec, load_detection_texts, load_grading_rubric, load_localization_texts, load_thought_texts, provenance,
@@ -77,27 +77,32 @@ def llama(tokenizer_dir, tmp_path_factory):
     return load_tiny(tokenizer_dir, TINY_LLAMA, tmp_path_factory.mktemp("llama"), "instruct")
 
 
-def vector_file(path, names, vectors, layer, model="tiny"):
+def vector_file(path, names, vectors, layer, model="tiny", baseline=None):
     save_vectors(path, np.asarray(vectors, dtype=np.float32), names, model=model, layer=layer,
-                 method="mean_subtraction")
+                 method="mean_subtraction", baseline=baseline)
     return path
 
 
 def random_cell(model, tokenizer, tmp_path, names=("Dust", "Snow", "Bread"), layer=2, strength=4.0, seed=0):
-    vectors = np.random.default_rng(seed).standard_normal((len(names), model.config.hidden_size))
-    path = vector_file(tmp_path / f"vectors_{layer}.h5", names, vectors, layer)
+    """Random concept vectors of varied norms, and 6 baseline vectors in a 6-dimensional subspace."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((len(names), model.config.hidden_size)) * np.arange(1, len(names) + 1)[:, None]
+    baseline = rng.standard_normal((6, model.config.hidden_size))
+    path = vector_file(tmp_path / f"vectors_{layer}.h5", names, vectors, layer, baseline=baseline - baseline.mean(0))
     norm = mean_residual_norm(model, layer, sentence_ids(SENTENCES[:4], tokenizer), batch_size=4)
     return open_cell(path, "tiny", True, strength, norm)
 
 
 @contextmanager
 def recording(model, layer):
-    """Per forward call: the input ids, and hidden state `layer` as the next block receives it
-    (after every hook on the layer's own output, steering included)."""
+    """Per forward call: the input ids, the attention mask, and hidden state `layer` as the next
+    block receives it (after every hook on the layer's own output, steering included)."""
     calls = []
 
     def keep_ids(module, args, kwargs):
-        calls.append({"ids": kwargs["input_ids"].clone()})
+        mask = kwargs.get("attention_mask")
+        calls.append({"ids": kwargs["input_ids"].clone(),
+                      "mask": torch.ones_like(kwargs["input_ids"]) if mask is None else mask.clone()})
 
     def keep_state(module, args, kwargs):
         calls[-1]["state"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
@@ -121,6 +126,8 @@ def token_id(tokenizer, token):
 def test_resources_validate(det, loc, rubric, thought):
     assert det.question.startswith("Trial 1:") and det.answer.options == ("Yes", "No")
     assert det.forced_prefill.endswith("The thought is about")
+    assert det.wordings[0] == det.question and len(det.wordings) == 13
+    assert len(det.control_questions) == len(det.leak_requests) == 12 and det.leak_prefill == "Sure. The word is"
     assert loc.n_sentences == 5 and loc.introspection == "locate"
     assert set(loc.questions) == {"locate", "prefer", "abstract", "stands_out"}
     assert all(q.prefill.endswith("SENTENCE") for q in loc.questions.values())
@@ -128,6 +135,16 @@ def test_resources_validate(det, loc, rubric, thought):
     assert tuple(thought.instructions) == INSTRUCTIONS and thought.intent_answer.options == ("Yes", "No")
     assert "{word}" in thought.instructions["think"] and "{word}" not in thought.instructions["neutral"]
     assert all(len(sha) == 64 for sha in (det.sha256, loc.sha256, rubric.sha256, thought.sha256))
+
+
+def test_detection_variants_name_no_concept_or_baseline_word(det):
+    """A control question or leak request that named a concept would be answered differently when
+    that concept is injected for a reason other than steering alone."""
+    words = load_concept_words(REPO / "resources/concepts/concepts.yaml")
+    stems = {w.lower().rstrip("s") for w in words.concepts + words.baseline}
+    for text in (*det.wordings, *det.control_questions, *det.leak_requests, det.leak_prefill):
+        named = {t.rstrip("s") for t in re.findall(r"[a-z]+", text.lower())} & stems
+        assert not named, (text, named)
 
 
 def edited(tmp_path, source, edit):
@@ -149,6 +166,10 @@ def edited(tmp_path, source, edit):
      r"key 'questions.prefer': 'prefill' is a required property"),
     (DETECTION, load_detection_texts, lambda d: d["answer"].update(options=["Yes"]),
      r"key 'answer.options'"),
+    (DETECTION, load_detection_texts, lambda d: d["paraphrases"].append(d["question"].upper()),
+     r"keys 'question' and 'paraphrases' together holds"),
+    (DETECTION, load_detection_texts, lambda d: d["leak"].pop("prefill"),
+     r"key 'leak': 'prefill' is a required property"),
     (RUBRIC, load_grading_rubric, lambda d: d["criteria"].update(identifies="Is it right?"),
      r"key 'criteria.identifies': no \{word\}"),
     (RUBRIC, load_grading_rubric, lambda d: d.update(user_template="{criterion}"),
@@ -277,7 +298,7 @@ def planted(llama, tmp_path_factory):
     and the first tokens of " dust", " snow", " bread" are set along basis directions; injected
     at the last hidden state (before the final norm) at 100x the residual norm, concept vector
     e_c makes its word's token the most probable candidate, and " Yes" wins over " No" for Dust
-    and Bread and loses for Snow."""
+    and Bread and loses for Snow. The baseline vectors span e_10..e_15, orthogonal to all of these."""
     model, tokenizer = llama
     model = copy.deepcopy(model)
     embeddings = model.get_input_embeddings().weight
@@ -290,48 +311,142 @@ def planted(llama, tmp_path_factory):
         for k, word in zip((2, 3, 4), ("Ġdust", "Ġsnow", "Ġbread")):
             embeddings[token_id(tokenizer, word)] = 3 * basis[k]
     layer = model.config.num_hidden_layers
-    path = vector_file(tmp_path_factory.mktemp("planted") / "v.h5", ["Dust", "Snow", "Bread"], basis[2:5], layer)
+    path = vector_file(tmp_path_factory.mktemp("planted") / "v.h5", ["Dust", "Snow", "Bread"], basis[2:5], layer,
+                       baseline=basis[10:16] - basis[10:16].mean(0))
     norm = mean_residual_norm(model, layer, sentence_ids(SENTENCES[:4], tokenizer), batch_size=4)
     return model, tokenizer, open_cell(path, "tiny", True, 100.0, norm), yes
 
 
-def test_planted_detection_answers_and_an_unsteered_control(planted, det):
+def test_planted_detection_answers_controls_and_the_yes_bias_arm(planted, det):
     model, tokenizer, cell, _ = planted
-    records = run_detection_logits(model, tokenizer, cell, det, batch_size=2)
-    assert [(r["kind"], r["concept"]) for r in records] == [
-        ("injected", "Dust"), ("injected", "Snow"), ("injected", "Bread"), ("control", None)]
-    assert [r["prediction"] for r in records[:3]] == ["yes", "no", "yes"]
-    assert [r["correct"] for r in records[:3]] == [True, False, True]
-    assert records[0]["p_yes"] > 0.999 and records[1]["p_yes"] < 0.001
-    ids, _ = detection_prompt(tokenizer, det, True, "Answer:")
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
-    options = torch.log_softmax(logits, -1)[[token_id(tokenizer, "ĠYes"), token_id(tokenizer, "ĠNo")]]
-    control = records[3]
-    assert control["p_yes"] == pytest.approx(float(torch.softmax(options, -1)[0]), abs=1e-6)
-    assert control["option_mass"] == pytest.approx(float(options.exp().sum()), rel=1e-5)
-    assert control["correct"] == (control["prediction"] == "no") and control["strength_absolute"] == 0
-    assert all(r.keys() >= CELL_COLUMNS | TRIAL_COLUMNS | {"p_yes", "p_no", "option_mass"} for r in records)
+    records = run_detection_logits(model, tokenizer, cell, det, n_variants=2, min_option_mass=0.05, batch_size=4)
+    names = ["Dust", "Snow", "Bread"]
+    assert [(r["question"], r["variant"], r["kind"], r["concept"]) for r in records] == [
+        ("detect", v, kind, n) for v in (0, 1) for kind, n in
+        [*(("injected", n) for n in names), *(("random", n) for n in names), ("control", None)]
+    ] + [("control_question", v, kind, n) for v in (0, 1) for kind, n in [*(("injected", n) for n in names),
+                                                                           ("control", None)]]
+    for question in ("detect", "control_question"):
+        injected = [r for r in records if r["question"] == question and r["kind"] == "injected"]
+        # the planted vectors push yes or no whatever the question: the control questions see the same bias
+        assert [r["prediction"] for r in injected] == ["yes", "no", "yes"] * 2
+        assert injected[0]["p_yes"] > 0.999 and injected[1]["p_yes"] < 0.001
+    detect = [r for r in records if r["question"] == "detect"]
+    assert [r["correct"] for r in detect if r["kind"] == "injected"] == [True, False, True] * 2
+    asked = [r for r in records if r["question"] == "control_question"]
+    assert all(r["correct"] == (r["prediction"] == "no") for r in asked)
+    # random vectors of the same norm, orthogonal to the yes/no directions: the answer tokens lose their mass
+    random = [r for r in detect if r["kind"] == "random"]
+    assert all(r["low_mass"] and r["option_mass"] < 0.05 and r["correct"] is None for r in random)
+    assert all(r["low_mass"] == (r["option_mass"] < 0.05) for r in records)
+    frame = inputs.option_frame(tokenizer, det.answer, True)
+    for r in (r for r in records if r["kind"] == "control"):
+        question = (det.wordings if r["question"] == "detect" else det.control_questions)[r["variant"]]
+        ids, _ = detection_prompt(tokenizer, det, True, frame.prefill, question)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        options = torch.log_softmax(logits, -1)[list(frame.option_ids)]
+        assert r["p_yes"] == pytest.approx(float(torch.softmax(options, -1)[0]), abs=1e-6)
+        assert r["option_mass"] == pytest.approx(float(options.exp().sum()), rel=1e-5)
+        assert r["strength_absolute"] == 0
+    assert all(r.keys() >= CELL_COLUMNS | TRIAL_COLUMNS | {"variant", "p_yes", "p_no", "option_mass", "low_mass"}
+               for r in records)
     assert records[0]["layer"] == model.config.num_hidden_layers and records[0]["strength_relative"] == 100.0
+
+
+def unpadded_rows(calls):
+    """Every row of every recorded forward call, its padding cut: one tuple of ids per sequence."""
+    return [tuple(ids[mask.bool()].tolist()) for call in calls for ids, mask in zip(call["ids"], call["mask"])]
+
+
+def test_detection_logits_run_one_pass_per_trial_and_random_vectors_like_concept_vectors(llama, det, tmp_path):
+    """Every record is one row of one forward pass; the unsteered controls are as many distinct
+    inputs as variants; compared with the same run at strength 0, a random trial adds on its
+    steered positions a vector of the cell's norm (the injected concept vectors' norm) that lies in
+    the span of the baseline vectors and is none of the concept vectors."""
+    model, tokenizer = llama
+    cell = random_cell(model, tokenizer, tmp_path)
+    zero = open_cell(cell.vector_path, "tiny", True, 0.0, cell.mean_norm)
+    run = dict(n_variants=3, seed=2, batch_size=5)
+    with recording(model, 2) as calls:
+        records = run_detection_logits(model, tokenizer, cell, det, **run)
+    with recording(model, 2) as plain_calls:
+        run_detection_logits(model, tokenizer, zero, det, **run)
+    assert len(records) == 3 * (3 + 3 + 1) + 3 * (3 + 1)
+    rows = unpadded_rows(calls)
+    assert len(rows) == len(records)
+    prefill = inputs.option_frame(tokenizer, det.answer, True).prefill
+    controls = {(r["question"], r["variant"]): row for r, row in zip(records, rows) if r["kind"] == "control"}
+    assert len(controls) == 6 and len(set(controls.values())) == 6
+    for (question, v), row in controls.items():
+        text = (det.wordings if question == "detect" else det.control_questions)[v]
+        assert list(row) == detection_prompt(tokenizer, det, True, prefill, text)[0]
+    differences = [state - plain_state for call, plain in zip(calls, plain_calls)
+                   for state, plain_state in zip(call["state"], plain["state"])]
+    baseline = torch.from_numpy(cell.vectors.baseline).double()
+    projector = baseline.T @ torch.linalg.pinv(baseline.T)
+    concepts = torch.from_numpy(cell.vectors.vectors).double()
+    for record, difference in zip(records, differences):
+        norms = difference.double().norm(dim=-1)
+        if record["kind"] == "control":
+            assert float(norms.max()) == 0
+            continue
+        steered = norms.nonzero().flatten()
+        assert norms[steered].numpy() == pytest.approx(cell.strength * cell.mean_norm, rel=1e-4)
+        added = difference[steered[-1]].double()
+        cosines = torch.nn.functional.cosine_similarity(concepts, added[None], dim=-1).abs()
+        if record["kind"] == "random":
+            assert float((added - projector @ added).norm()) < 1e-3 * float(added.norm())
+            assert float(cosines.max()) < 0.99
+        else:
+            assert float(cosines[cell.vectors.names.index(record["concept"])]) > 0.9999
+    for v in range(3):
+        vectors = [vector for vector, _ in cell.random_injections(cell.vectors.names, [2, v])]
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=-1), np.linalg.norm(cell.vectors.vectors, axis=-1),
+                                   rtol=1e-5)
+    assert records == run_detection_logits(model, tokenizer, cell, det, **run)
+    assert [r["p_yes"] for r in records if r["kind"] == "random"] != [
+        r["p_yes"] for r in run_detection_logits(model, tokenizer, cell, det, **(run | {"seed": 3}))
+        if r["kind"] == "random"]
 
 
 def test_planted_forced_identification_ranks_the_injected_word_first(planted, det):
     model, tokenizer, cell, _ = planted
-    records = run_forced_identification(model, tokenizer, cell, det)
-    injected = [r for r in records if r["kind"] == "injected"]
-    control = [r for r in records if r["kind"] == "control"]
-    assert [(r["concept"], r["rank"], r["top1"], r["prediction"]) for r in injected] == [
-        ("Dust", 1, True, "Dust"), ("Snow", 1, True, "Snow"), ("Bread", 1, True, "Bread")]
-    assert sorted(r["rank"] for r in control) == [1, 2, 3]
-    assert len({r["prediction"] for r in control}) == 1 and all(r["n_candidates"] == 3 for r in records)
-    assert all(r["candidate_mass"] > 0.99 for r in injected) and not any(r["shared_first_token"] for r in records)
+    records = run_forced_identification(model, tokenizer, cell, det, n_variants=3)
+    for question in ("forced_identification", "leak"):
+        injected = [r for r in records if r["kind"] == "injected" and r["question"] == question]
+        assert [(r["variant"], r["concept"], r["rank"], r["top1"], r["prediction"]) for r in injected] == [
+            (v, n, 1, True, n) for v in range(3) for n in ("Dust", "Snow", "Bread")]
+        assert all(r["candidate_mass"] > 0.99 for r in injected)
+        control = [r for r in records if r["kind"] == "control" and r["question"] == question]
+        assert [(r["variant"], r["concept"]) for r in control] == [(0, "Dust"), (1, "Snow"), (2, "Bread")]
+    assert all(r["n_candidates"] == 3 and not r["shared_first_token"] for r in records)
+
+
+def test_forced_identification_controls_are_one_pass_per_variant_and_the_leak_asks_no_thought(llama, det, tmp_path):
+    model, tokenizer = llama
+    cell = random_cell(model, tokenizer, tmp_path)
+    with recording(model, 2) as calls:
+        records = run_forced_identification(model, tokenizer, cell, det, n_variants=4, batch_size=3)
+    rows = unpadded_rows(calls)
+    assert len(records) == len(rows) == 2 * 4 * (3 + 1)
+    for question in ("forced_identification", "leak"):
+        controls = [(r, row) for r, row in zip(records, rows) if r["kind"] == "control" and r["question"] == question]
+        assert [r["concept"] for r, _ in controls] == ["Dust", "Snow", "Bread", "Dust"]
+        assert len({row for _, row in controls}) == 4 and all(r["strength_absolute"] == 0 for r, _ in controls)
+    leak = [tokenizer.decode(row) for r, row in zip(records, rows) if r["question"] == "leak"]
+    assert all("thought" not in text.lower() and text.endswith("assistant\nSure. The word is") for text in leak)
+    assert {text for text in leak} == {tokenizer.decode(leak_prompt(tokenizer, det, request, True, "Sure. The word is")[0])
+                                       for request in det.leak_requests[:4]}
+    ids, start = leak_prompt(tokenizer, det, det.leak_requests[0], True, "Sure. The word is")
+    assert tokenizer.decode(ids[start:]).startswith(det.leak_requests[0])
 
 
 def test_a_shared_first_token_never_ranks_first(llama, det, tmp_path):
     model, tokenizer = llama
     cell = random_cell(model, tokenizer, tmp_path, names=("Trumpets", "Trump", "Snow"))
-    records = run_forced_identification(model, tokenizer, cell, det)
-    by_name = {(r["kind"], r["concept"]): r for r in records}
+    records = run_forced_identification(model, tokenizer, cell, det, n_variants=3)
+    by_name = {(r["kind"], r["concept"]): r for r in records if r["question"] == "forced_identification"}
     for kind in ("injected", "control"):
         assert by_name[(kind, "Trumpets")]["shared_first_token"] and by_name[(kind, "Trump")]["shared_first_token"]
         assert by_name[(kind, "Trumpets")]["rank"] >= 2 and by_name[(kind, "Trump")]["rank"] >= 2
@@ -445,6 +560,13 @@ def test_bad_cells_are_refused(llama, loc, tmp_path):
     with pytest.raises(InputError, match=rf"{cell.vector_path}: no vector for 'Milk'"):
         run_detection_logits(model, tokenizer, cell, load_detection_texts(DETECTION),
                              concepts=["Milk"])
+    with pytest.raises(InputError, match=r"detection.yaml: key 'question \+ paraphrases' holds 13 variants, fewer "
+                                         r"than injection.n_variants = 14"):
+        run_forced_identification(model, tokenizer, cell, load_detection_texts(DETECTION), n_variants=14)
+    bare = open_cell(vector_file(tmp_path / "bare.h5", ["Dust"], np.ones((1, model.config.hidden_size)), 2),
+                     "tiny", True, 1.0, 1.0)
+    with pytest.raises(InputError, match="bare.h5: no baseline_vectors .* rerun rule concept_vectors"):
+        run_detection_logits(model, tokenizer, bare, load_detection_texts(DETECTION), n_variants=1)
     with pytest.raises(InputError, match=r"no question 'where'"):
         run_localization(model, tokenizer, cell, loc, SENTENCES, 1, questions=["where"])
     with pytest.raises(InputError, match="2..9 sentences"):
@@ -571,13 +693,15 @@ def test_embedded_smollm2_forced_identification(tmp_path, det):
     model, tokenizer = load_model(manifest, "cpu", torch.float32), load_tokenizer(manifest)
     concepts, baseline, layer = ["Dust", "Trumpets", "Origami"], ["Desks", "Jackets", "Chairs", "Clouds", "Rivers"], 20
     requests = concept_prompt_ids(concepts + baseline, "Tell me about {word}", tokenizer, "instruct", "native", "m")
-    vectors = mean_subtraction_vectors(model, [layer], requests[:3], requests[3:], batch_size=8)[:, 0]
+    vectors, baseline = mean_subtraction_vectors(model, [layer], requests[:3], requests[3:], batch_size=8)
     norm = mean_residual_norm(model, layer, sentence_ids(SENTENCES[:8], tokenizer), batch_size=8)
-    cell = open_cell(vector_file(tmp_path / "v.h5", concepts, vectors, layer, "smollm2"), "smollm2", True, 2.0, norm)
-    records = run_forced_identification(model, tokenizer, cell, det)
-    rank = {(r["kind"], r["concept"]): r["rank"] for r in records}
-    injected = [rank[("injected", c)] for c in concepts]
+    path = vector_file(tmp_path / "v.h5", concepts, vectors[:, 0], layer, "smollm2", baseline[:, 0])
+    cell = open_cell(path, "smollm2", True, 2.0, norm)
+    records = run_forced_identification(model, tokenizer, cell, det, n_variants=1)
+    rank = {(r["question"], r["kind"], r["concept"]): r["rank"] for r in records}
+    injected = [rank[("forced_identification", "injected", c)] for c in concepts]
     assert sum(r == 1 for r in injected) >= 2 and np.mean(injected) < 2, rank  # control ranks average 2
-    detection = run_detection_logits(model, tokenizer, cell, det, concepts=["Dust"])
+    detection = run_detection_logits(model, tokenizer, cell, det, n_variants=2, concepts=["Dust"])
     assert all(0 < r["p_yes"] < 1 for r in detection)
-    assert detection[-1]["kind"] == "control" and detection[-1]["option_mass"] > 0.1  # unsteered, it answers yes/no
+    controls = [r for r in detection if r["kind"] == "control"]
+    assert len(controls) == 4 and all(r["option_mass"] > 0.1 for r in controls)  # unsteered, it answers yes/no

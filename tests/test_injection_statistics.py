@@ -6,12 +6,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import norm
+from scipy.stats import binomtest, norm
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import confint_proportions_2indep
 
 from llm_introspection.injection.cell import write_records
 from llm_introspection.injection.statistics import read_records
 from llm_introspection.injection.statistics import (
-    MEASURE_COLUMNS, binomial_p, detection_logit_statistics, detection_response_statistics, forced_identification_statistics, intentional_control_statistics, json_ready, localization_statistics, newcombe_difference, prefill_intent_statistics, thought_vs_text_statistics, wilson_interval,
+    MEASURE_COLUMNS, binomial_p, d_prime, detection_logit_statistics, detection_response_statistics, forced_identification_statistics, intentional_control_statistics, json_ready, localization_statistics, newcombe_difference, prefill_intent_statistics, thought_vs_text_statistics, wilson_interval,
 )
 
 CELL = {"model": "m", "layer": 3, "vector_method": "mean_subtraction", "strength_relative": 1.0}
@@ -84,25 +86,62 @@ def through_files(tmp_path, records, name):
     return read_records([path])
 
 
-def test_detection_logit_rates(tmp_path):
-    records = [CELL | {"kind": "injected", "concept": f"c{i}", "p_yes": 0.9 if i < 30 else 0.2,
-                       "prediction": "yes" if i < 30 else "no"} for i in range(40)]
-    records += [CELL | {"kind": "control", "concept": None, "p_yes": 0.6 if i < 2 else 0.3,
-                        "prediction": "yes" if i < 2 else "no"} for i in range(10)]
-    table = detection_logit_statistics(through_files(tmp_path, records, "detection_logits"))
+def detection_records():
+    """Planted logit-metric records: yes counts per arm, and low-mass flags on 4 injected trials."""
+    arms = {("detect", "injected"): (40, 30), ("detect", "random"): (40, 12), ("detect", "control"): (10, 2),
+            ("control_question", "injected"): (40, 10), ("control_question", "control"): (10, 0)}
+    records = []
+    for (question, kind), (n, yes) in arms.items():
+        records += [CELL | {"question": question, "kind": kind, "variant": i % 10,
+                            "concept": None if kind == "control" else f"c{i // 10}",
+                            "p_yes": 0.9 if i < yes else 0.2, "prediction": "yes" if i < yes else "no",
+                            "low_mass": (question, kind) == ("detect", "injected") and i >= n - 4}
+                    for i in range(n)]
+    return records
+
+
+def d_prime_formula(hits, n_signal, alarms, n_noise):
+    """d' with the log-linear correction and the Gourevitch-Galanter variance, written out with scipy."""
+    h, f = (hits + 0.5) / (n_signal + 1), (alarms + 0.5) / (n_noise + 1)
+    d = norm.ppf(h) - norm.ppf(f)
+    se = math.sqrt(h * (1 - h) / ((n_signal + 1) * norm.pdf(norm.ppf(h)) ** 2)
+                   + f * (1 - f) / ((n_noise + 1) * norm.pdf(norm.ppf(f)) ** 2))
+    return d, d - Z * se, d + Z * se
+
+
+def test_d_prime_is_finite_at_rates_of_zero_and_one():
+    assert d_prime(30, 40, 2, 10) == pytest.approx(d_prime_formula(30, 40, 2, 10), abs=1e-12)
+    estimate, low, high = d_prime(10, 10, 0, 10)
+    assert estimate == pytest.approx(2 * norm.ppf(10.5 / 11)) and low < estimate < high and math.isfinite(high)
+    assert d_prime(5, 10, 5, 10)[0] == 0 and all(math.isnan(x) for x in d_prime(3, 10, 0, 0))
+
+
+def test_detection_logit_rates_controls_and_yes_bias(tmp_path):
+    table = detection_logit_statistics(through_files(tmp_path, detection_records(), "detection_logits"))
     assert list(table.columns) == list(MEASURE_COLUMNS)
     rows = by_measure(table)
-    hit = rows.loc["hit_rate"]
-    assert (hit["successes"], hit["n"], hit["estimate"]) == (30, 40, 0.75)
-    assert (rows.loc["hit_rate", "low"], rows.loc["hit_rate", "high"]) == pytest.approx(wilson_formula(30, 40))
-    assert rows.loc["false_alarm_rate", "estimate"] == 0.2
-    difference = rows.loc["hit_minus_false_alarm"]
-    assert difference["estimate"] == pytest.approx(0.55)
-    assert (difference["low"], difference["high"]) == pytest.approx(newcombe_formula(30, 40, 2, 10))
-    assert (difference["reference_successes"], difference["reference_n"]) == (2, 10)
-    assert rows.loc["p_yes_above_control", "estimate"] == 0.75  # control mean 0.36: 0.9 above, 0.2 below
-    assert rows.loc["mean_p_yes_control", "estimate"] == pytest.approx(0.36)
+    expected = {"hit_rate": (30, 40), "false_alarm_rate": (2, 10), "random_yes_rate": (12, 40),
+                "control_question_yes_injected": (10, 40), "control_question_yes_unsteered": (0, 10),
+                "low_mass_injected": (4, 40), "low_mass_random": (0, 40), "low_mass_control": (0, 10),
+                "low_mass_control_question_injected": (0, 40), "low_mass_control_question_unsteered": (0, 10)}
+    for measure, (successes, n) in expected.items():
+        assert (rows.loc[measure, "successes"], rows.loc[measure, "n"]) == (successes, n), measure
+        assert (rows.loc[measure, "low"], rows.loc[measure, "high"]) == pytest.approx(wilson_formula(successes, n))
+    differences = {"hit_minus_false_alarm": (30, 40, 2, 10), "hit_minus_random": (30, 40, 12, 40),
+                   "control_question_yes_bias": (10, 40, 0, 10)}
+    for measure, (s1, n1, s2, n2) in differences.items():
+        row = rows.loc[measure]
+        assert row["estimate"] == pytest.approx(s1 / n1 - s2 / n2)
+        assert (row["low"], row["high"]) == pytest.approx(newcombe_formula(s1, n1, s2, n2), abs=1e-12)
+        low, high = confint_proportions_2indep(s1, n1, s2, n2, method="newcomb", compare="diff")
+        assert (row["low"], row["high"]) == pytest.approx((low, high))
+        assert (row["reference_successes"], row["reference_n"]) == (s2, n2)
+    d = rows.loc["d_prime"]
+    assert (d["estimate"], d["low"], d["high"]) == pytest.approx(d_prime_formula(30, 40, 2, 10))
+    assert (d["successes"], d["n"], d["reference_successes"], d["reference_n"]) == (30, 40, 2, 10)
+    assert rows.loc["mean_p_yes_control", "estimate"] == pytest.approx(0.34)
     assert rows.loc["mean_p_yes_injected", "low"] <= 0.725 <= rows.loc["mean_p_yes_injected", "high"]
+    assert table["p_value"].isna().all() and table["p_holm"].isna().all()  # intervals only: nothing against chance
 
 
 def graded_records():
@@ -128,21 +167,33 @@ def test_detection_response_rates_need_a_coherent_claim(tmp_path):
     assert (combined["low"], combined["high"]) == pytest.approx(newcombe_formula(10, 20, 1, 10))
 
 
-def test_forced_identification_top1_and_rank_improvement(tmp_path):
-    injected_ranks = [1] * 6 + [2, 3, 4, 5]
-    control_ranks = list(range(10, 0, -1))
-    records = [CELL | {"kind": kind, "concept": f"c{i}", "rank": rank, "top1": rank == 1, "n_candidates": 10}
-               for kind, ranks in (("injected", injected_ranks), ("control", control_ranks))
-               for i, rank in enumerate(ranks)]
+def test_forced_identification_against_control_and_leak(tmp_path):
+    """10 concepts x 3 variants per injected arm, one unsteered trial per variant (10) per question."""
+    arms = {("forced_identification", "injected"): (30, 18), ("forced_identification", "control"): (10, 1),
+            ("leak", "injected"): (30, 9), ("leak", "control"): (10, 1)}
+    records = [CELL | {"question": question, "kind": kind, "concept": f"c{i % 10}", "variant": i // 10 if n == 30 else i,
+                       "rank": 1 if i < top else 2 + i % 9, "top1": i < top, "n_candidates": 10}
+               for (question, kind), (n, top) in arms.items() for i in range(n)]
     rows = by_measure(forced_identification_statistics(through_files(tmp_path, records, "forced")))
-    top1 = rows.loc["top1_injected"]
-    assert (top1["successes"], top1["n"], top1["chance"]) == (6, 10, 0.1)
-    assert top1["p_value"] == pytest.approx(binomial_p(6, 10, 0.1)) and top1["p_value"] < 0.001
-    assert rows.loc["top1_control", "estimate"] == 0.1
-    improvement = np.array(control_ranks) - np.array(injected_ranks)
-    assert rows.loc["rank_improvement", "estimate"] == pytest.approx(improvement.mean())
-    assert rows.loc["rank_improvement", "low"] < improvement.mean() < rows.loc["rank_improvement", "high"]
-    assert rows.loc["top1_injected_minus_control", "estimate"] == pytest.approx(0.5)
+    tests = {"top1_injected": ("forced_identification", "injected"), "top1_control": ("forced_identification", "control"),
+             "top1_leak": ("leak", "injected"), "top1_leak_control": ("leak", "control")}
+    counts = {}
+    for measure, arm in tests.items():
+        flags = [r["top1"] for r in records if (r["question"], r["kind"]) == arm]
+        counts[measure] = (sum(flags), len(flags))
+        row = rows.loc[measure]
+        assert (row["successes"], row["n"], row["chance"]) == (*counts[measure], 0.1), measure
+        assert row["p_value"] == pytest.approx(binomtest(*counts[measure], 0.1).pvalue)
+    holm = multipletests([rows.loc[m, "p_value"] for m in tests], method="holm")[1]
+    assert [rows.loc[m, "p_holm"] for m in tests] == pytest.approx(list(holm))
+    for measure, (a, b) in {"top1_injected_minus_control": ("top1_injected", "top1_control"),
+                            "top1_injected_minus_leak": ("top1_injected", "top1_leak")}.items():
+        row = rows.loc[measure]
+        assert row["estimate"] == pytest.approx(counts[a][0] / counts[a][1] - counts[b][0] / counts[b][1])
+        assert (row["low"], row["high"]) == pytest.approx(newcombe_formula(*counts[a], *counts[b]), abs=1e-12)
+    leak_ranks = [r["rank"] for r in records if (r["question"], r["kind"]) == ("leak", "injected")]
+    assert rows.loc["mean_rank_leak", "estimate"] == pytest.approx(np.mean(leak_ranks)) and rows.loc["mean_rank_leak", "n"] == 30
+    assert rows.loc["mean_rank_control", "n"] == 10
 
 
 def test_thought_vs_text_rates_and_paired_change(tmp_path):
@@ -245,3 +296,20 @@ def test_localization_accuracy_margins_and_position_bias(tmp_path):
 def test_json_ready_turns_nan_into_null():
     table = pd.DataFrame({"measure": ["a"], "estimate": [np.nan], "n": [3]})
     assert json_ready({"t": table}) == {"t": [{"measure": "a", "estimate": None, "n": 3}]}
+
+
+def test_report_section_reads_the_new_controls(tmp_path):
+    """The report's injection section shows the logit metric's headline against its controls and
+    says how many control trials there are and which tests each Holm family covers."""
+    from llm_introspection.report.markdown import _injection
+
+    tables = {"detection_logits": detection_logit_statistics(
+        through_files(tmp_path, detection_records(), "detection_logits"))}
+    settings = {"models": ["m"], "vector_method": "mean_subtraction", "n_concepts": 4, "layer_fractions": [0.5],
+                "strengths": [1.0], "n_variants": 10, "min_option_mass": 0.1}
+    text = "\n\n".join(_injection({"tables": json_ready(tables)}, settings, []))
+    shown = {line.split(" | ")[4] for line in text.splitlines() if line.startswith("| detection_logits")}
+    assert shown == {"hit_rate", "false_alarm_rate", "hit_minus_false_alarm", "d_prime", "random_yes_rate",
+                     "control_question_yes_bias"}
+    assert "one control trial" not in text and "over 10 wordings" in text and "less than 0.1" in text
+    assert "Holm corrections: per cell and table" in text

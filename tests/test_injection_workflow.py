@@ -58,10 +58,13 @@ def test_every_cell_and_table_is_written(injection_study):
     answers = pd.read_csv(results / "statistics/injection_localization_answers.csv")
     assert set(answers["answer"]) == {1, 2, 3}
     forced = pd.read_csv(results / "statistics/injection_forced_identification.csv")
-    assert {"top1_injected", "top1_control"} <= set(forced["measure"])
+    assert {"top1_injected", "top1_control", "top1_leak", "top1_injected_minus_leak"} <= set(forced["measure"])
+    logits = pd.read_csv(results / "statistics/injection_detection_logits.csv")
+    alarms = logits[logits["measure"] == "false_alarm_rate"]
+    assert set(alarms["n"]) == {10}  # one unsteered trial per wording (n_variants defaults to 10)
     report = (results / "report.md").read_text()
     assert "## Concept injection" in report
-    assert re.search(r"\| detection_logits \| tiny-instruct \| 2 \| 4[.0]* \| p_yes_above_control \|", report)
+    assert re.search(r"\| detection_logits \| tiny-instruct \| 2 \| 4[.0]* \| control_question_yes_bias \|", report)
     for name in ("injection_sweep", "injection_heatmaps", "localization_answers"):
         assert (results / f"figures/{name}.png").read_bytes().startswith(b"\x89PNG")
         assert f"(figures/{name}.png)" in report

@@ -60,8 +60,10 @@ class Experiment:
 
 EXPERIMENTS = {experiment.name: experiment for experiment in (
     Experiment(
-        "detection_logits", "detection", ("detection",), ("batch_size",), "detection_logit_statistics",
-        Headline("hit_rate", "false_alarm_rate", also=("p_yes_above_control",)),
+        "detection_logits", "detection", ("detection",), ("n_variants", "min_option_mass", "seed", "batch_size"),
+        "detection_logit_statistics",
+        Headline("hit_rate", "false_alarm_rate",
+                 also=("hit_minus_false_alarm", "d_prime", "random_yes_rate", "control_question_yes_bias")),
     ),
     Experiment(
         "detection_responses", "detection", ("detection",), ("samples", "seed", "batch_size"),
@@ -69,8 +71,10 @@ EXPERIMENTS = {experiment.name: experiment for experiment in (
         samples=True, graded=True,
     ),
     Experiment(
-        "forced_identification", "detection", ("detection",), ("batch_size",), "forced_identification_statistics",
-        Headline("top1_injected", "top1_control"), statistics_seeded=True,
+        "forced_identification", "detection", ("detection",), ("n_variants", "batch_size"),
+        "forced_identification_statistics",
+        Headline("top1_injected", "top1_control", also=("top1_leak", "top1_injected_minus_leak")),
+        statistics_seeded=True,
     ),
     Experiment(
         "localization", "localization", ("localization", "neutral_sentences"),

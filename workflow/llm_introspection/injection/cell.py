@@ -2,7 +2,7 @@
 the record file every experiment writes for it.
 
 A record's kind says what was injected: 'injected' (the trial's concept vector), 'random' (a
-norm-matched random vector), 'mismatched' (another concept's vector) or 'control' (nothing).
+norm-matched random vector: isotropic in localization, concept-like in detection), 'mismatched' (another concept's vector) or 'control' (nothing).
 Strength is relative: every injected vector gets norm strength x the layer's mean residual norm
 (steering.relative_strength); the records carry it and the absolute multiplier.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError
 from ..steering import relative_strength
 from ..storage import versions, write_json
-from .concepts import VectorSet, load_vectors
+from .concepts import VectorSet, concept_like_random_vectors, load_vectors
 
 
 def concept_word(name):
@@ -51,6 +51,18 @@ class Cell:
         """The vector of `name` and the absolute strength that gives it the cell's norm."""
         vector = self.vectors.vector(name)
         return vector, relative_strength(self.strength, vector, self.mean_norm)
+
+    def random_injections(self, names, seed) -> list[tuple[np.ndarray, float]]:
+        """Per name, a concept-like random vector with the norm of that concept's vector
+        (concepts.concept_like_random_vectors from the file's baseline vectors, seeded) and the
+        absolute strength that gives it the cell's norm; InputError when the file has no baseline
+        vectors."""
+        if self.vectors.baseline is None:
+            raise InputError(f"{self.vector_path}: no baseline_vectors for concept-like random vectors (a "
+                             "contrastive file, or one written before they were saved: rerun rule concept_vectors)")
+        norms = [float(np.linalg.norm(self.vectors.vector(n))) for n in names]
+        vectors = concept_like_random_vectors(self.vectors.baseline, norms, seed)
+        return [(v, relative_strength(self.strength, v, self.mean_norm)) for v in vectors]
 
     def columns(self, experiment):
         """The columns every record of this cell carries."""

@@ -8,7 +8,9 @@
   rather than the last token: the concept is spread over the sentence's words, the two sentences
   end alike ("...before the concert." / "...before the event."), and a sentence is steered on
   all of its tokens (localization).
-- Random control: Gaussian directions with the norms of given vectors, from a seed.
+- Random controls: isotropic Gaussian directions with the norms of given vectors (localization),
+  and concept-like random vectors (detection): Gaussian combinations of the baseline words'
+  vectors, i.e. draws from a Gaussian with the covariance of word vectors, not an isotropic one.
 
 Activations are read at hidden-state indices (tracing's convention) from a decoder-only pass;
 steering hooks active around these calls act on them. Vectors of one (model, layer) are stored
@@ -94,10 +96,12 @@ def mean_residual_norm(model, index, prompts, batch_size):
 
 def mean_subtraction_vectors(model, indices, concept_prompts, baseline_prompts, batch_size):
     """(n_concepts, len(indices), d): last-token activation of each concept prompt minus the mean
-    over the baseline prompts."""
+    over the baseline prompts; and (n_baseline, len(indices), d): the same for each baseline
+    prompt (its activation minus the baseline mean), the material of concept-like random vectors."""
     concepts = last_token_activations(model, indices, concept_prompts, batch_size)
     baseline = last_token_activations(model, indices, baseline_prompts, batch_size)
-    return (concepts - baseline.mean(axis=0)).astype(np.float32)
+    mean = baseline.mean(axis=0)
+    return (concepts - mean).astype(np.float32), (baseline - mean).astype(np.float32)
 
 
 def contrastive_vectors(model, indices, specific_prompts, generic_prompts, batch_size):
@@ -117,6 +121,19 @@ def matched_random_vectors(vectors, seed):
     return (directions * scale).astype(np.float32)
 
 
+def concept_like_random_vectors(baseline: np.ndarray, norms, seed) -> np.ndarray:
+    """(len(norms), d) float32: random vectors that look like concept vectors. Each is a Gaussian
+    combination of the baseline words' vectors (rows of `baseline`, each a word's activation minus
+    the baseline mean, built as a concept vector is), so it is a draw from a Gaussian with the
+    covariance of word vectors, lies in their span and stands for no one word; scaled to `norms`.
+    The same seed gives the same vectors."""
+    baseline = np.asarray(baseline, dtype=np.float64)
+    weights = np.random.default_rng(seed).standard_normal((len(norms), len(baseline)))
+    directions = weights @ baseline
+    scale = np.asarray(norms, dtype=np.float64)[:, None] / np.linalg.norm(directions, axis=-1, keepdims=True)
+    return (directions * scale).astype(np.float32)
+
+
 # --- files --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -126,14 +143,16 @@ class VectorSet:
     names: tuple
     vectors: np.ndarray  # (len(names), d) float32
     attrs: dict
+    baseline: np.ndarray | None = None  # (n_baseline, d) float32: the baseline words' vectors (mean subtraction)
 
     def vector(self, name):
         return self.vectors[self.names.index(name)]
 
 
-def save_vectors(path, vectors, names, *, model, layer, method, seed=None, **provenance):
+def save_vectors(path, vectors, names, *, model, layer, method, seed=None, baseline=None, **provenance):
     """Write vectors (len(names), d) of one model and hidden-state index `layer` to an HDF5 file,
-    atomically, with model, layer, method, names, seed, the given provenance and package versions."""
+    atomically, with model, layer, method, names, seed, the given provenance and package versions;
+    and `baseline` (n, d), the baseline words' vectors, when given."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {METHODS}")
@@ -149,9 +168,12 @@ def save_vectors(path, vectors, names, *, model, layer, method, seed=None, **pro
             "output of block h-1): dataset vectors (n, d) float32, row i for names[i]. Methods: "
             "mean_subtraction = last-token activation of the request minus the baseline words' mean; "
             "contrastive = token-mean activation (position 0 excluded) of the specific sentence minus "
-            "the generic one; random = Gaussian directions with matched norms, from `seed`."
+            "the generic one; random = Gaussian directions with matched norms, from `seed`. Dataset "
+            "baseline_vectors (mean_subtraction): each baseline word's activation minus the baseline mean."
         )
         h5.create_dataset("vectors", data=vectors)
+        if baseline is not None:
+            h5.create_dataset("baseline_vectors", data=np.asarray(baseline, dtype=np.float32))
 
 
 def _decoded(value):
@@ -174,9 +196,10 @@ def load_vectors(path):
         with h5py.File(path, "r") as h5:
             attrs = {key: _decoded(value) for key, value in h5.attrs.items()}
             vectors = h5["vectors"][()] if "vectors" in h5 else None
+            baseline = h5["baseline_vectors"][()] if "baseline_vectors" in h5 else None
     except OSError as error:
         raise InputError(f"{path}: not a readable HDF5 file: {error}") from None
     missing = [key for key in ("model", "layer", "method", "names") if key not in attrs]
     if vectors is None or missing:
         raise InputError(f"{path}: not a concept vector file (missing {missing or 'dataset vectors'})")
-    return VectorSet(tuple(attrs["names"]), vectors, attrs)
+    return VectorSet(tuple(attrs["names"]), vectors, attrs, baseline)

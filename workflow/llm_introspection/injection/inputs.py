@@ -45,11 +45,20 @@ def conversation_ids(tokenizer, messages, chat, marks, prefill, path):
     return ids + encode(tokenizer, prefill), spans
 
 
-def detection_prompt(tokenizer, texts, chat, prefill=""):
-    """Token ids of a detection trial, with `prefill` (as answer_start gives it) after the
-    prompt, and the position of the question's first token, where injection starts."""
-    messages = [texts.preamble, texts.acknowledgement, f"{texts.opening}\n\n{texts.question}"]
-    ids, [(start, _)] = conversation_ids(tokenizer, messages, chat, [texts.question], prefill, texts.path)
+def detection_prompt(tokenizer, texts, chat, prefill="", question=None):
+    """Token ids of a detection trial asking `question` (the file's question when None), with
+    `prefill` (as answer_start gives it) after the prompt, and the position of the question's
+    first token, where injection starts."""
+    question = texts.question if question is None else question
+    messages = [texts.preamble, texts.acknowledgement, f"{texts.opening}\n\n{question}"]
+    ids, [(start, _)] = conversation_ids(tokenizer, messages, chat, [question], prefill, texts.path)
+    return ids, start
+
+
+def leak_prompt(tokenizer, texts, request: str, chat: bool, prefill: str) -> tuple[list[int], int]:
+    """Token ids of a leak trial: one user turn, `request`, then `prefill` (as answer_start gives
+    it); injection starts at the request's first token, position `start`."""
+    ids, [(start, _)] = conversation_ids(tokenizer, [request], chat, [request], prefill, texts.path)
     return ids, start
 
 

@@ -35,8 +35,9 @@ def load_resource(resources: dict, key: str):
 
 def run_concept_vectors(manifest_path, layer_fraction, vector_path, settings, resources, runtime, threads):
     """The vector file of one layer fraction: the first n_concepts concepts' mean-subtraction
-    vectors, or the first n_concepts contrastive pairs' vectors, with the layer's mean residual
-    norm over neutral sentences (first position excluded) as attribute `mean_norm`."""
+    vectors (and every baseline word's, for concept-like random vectors), or the first n_concepts
+    contrastive pairs' vectors, with the layer's mean residual norm over neutral sentences (first
+    position excluded) as attribute `mean_norm`."""
     model, manifest, record, _ = open_model(manifest_path, runtime, threads)
     tokenizer = load_tokenizer(manifest)
     batch = settings["batch_size"]
@@ -49,8 +50,10 @@ def run_concept_vectors(manifest_path, layer_fraction, vector_path, settings, re
         def prompts(items):
             return concept_prompt_ids(items, words.template, tokenizer, record["variant"], record["frame"], record["name"])
 
-        vectors = mean_subtraction_vectors(model, [index], prompts(names), prompts(words.baseline), batch)
+        vectors, baseline = mean_subtraction_vectors(model, [index], prompts(names), prompts(words.baseline), batch)
+        baseline = baseline[:, 0]
     else:
+        baseline = None
         pairs = load_resource(resources, "contrastive_pairs")[: settings["n_concepts"]]
         names = [pair.id for pair in pairs]
         vectors = contrastive_vectors(model, [index], sentence_ids([p.specific for p in pairs], tokenizer),
@@ -58,7 +61,7 @@ def run_concept_vectors(manifest_path, layer_fraction, vector_path, settings, re
     sentences = sentence_ids(load_resource(resources, "neutral_sentences")[:NORM_SENTENCES], tokenizer)
     norm = mean_residual_norm(model, index, sentences, batch)
     save_vectors(vector_path, vectors[:, 0], names, model=record, layer=index, method=settings["vector_method"],
-                 layer_fraction=layer_fraction, mean_norm=float(norm), norm_sentences=NORM_SENTENCES)
+                 baseline=baseline, layer_fraction=layer_fraction, mean_norm=float(norm), norm_sentences=NORM_SENTENCES)
     log(f"{len(names)} {settings['vector_method']} vectors at hidden state {index} in "
         f"{time.perf_counter() - started:.1f} s")
 

@@ -1,12 +1,16 @@
 """Statistics of the concept injection experiments, from their per-trial records (injection.py).
 
 Rates come with Wilson score intervals, differences between independent rates (injected vs
-control trials) with Newcombe's hybrid score interval (both from statsmodels), and rates against
-chance with exact two-sided binomial tests (scipy), Holm-adjusted within a cell. Every table is
+control trials) with Newcombe's hybrid score interval (both from statsmodels), sensitivity d'
+with the log-linear correction, and rates against chance with exact two-sided binomial tests
+(scipy), Holm-adjusted within a cell and experiment (the family: that cell's tests of one table). Every table is
 tidy: one row per cell (model, layer, vector_method, strength_relative) and measure, with the
 columns of MEASURE_COLUMNS, ready for CSV and (through json_ready) JSON.
 
-Trials are counted as independent. Localization's injected, random and question-control trials
+Trials are counted as independent. The logit metric's and forced identification's injected
+trials cross concepts with input variants (the same concept under several wordings), so their
+intervals are narrower than a concept- or wording-clustered analysis would give; their unsteered
+controls are one forward pass per variant. Localization's injected, random and question-control trials
 share their sentence sets, so the independent-samples interval of a margin is conservative when
 they are positively correlated.
 """
@@ -15,7 +19,7 @@ import json
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 from ..registry import EXPERIMENTS
@@ -48,6 +52,22 @@ def newcombe_difference(successes, n, reference_successes, reference_n, confiden
     return successes / n - reference_successes / reference_n, float(low), float(high)
 
 
+def d_prime(hits: int, n_signal: int, false_alarms: int, n_noise: int,
+            confidence: float = 0.95) -> tuple[float, float, float]:
+    """d' = z(H) - z(F) and its normal-approximation interval, with the log-linear correction
+    (Hautus 1995) on every cell: H = (hits + 0.5) / (n_signal + 1), F likewise, so rates of 0 or 1
+    give finite values; the variance is Gourevitch & Galanter's (1967), H(1 - H) / (N phi(z(H))^2)
+    + F(1 - F) / (N' phi(z(F))^2), with the corrected rates and counts (n + 1). NaN when a sample
+    is empty."""
+    if n_signal == 0 or n_noise == 0:
+        return float("nan"), float("nan"), float("nan")
+    rates = np.array([(hits + 0.5) / (n_signal + 1), (false_alarms + 0.5) / (n_noise + 1)])
+    z = norm.ppf(rates)
+    variance = float((rates * (1 - rates) / (np.array([n_signal + 1, n_noise + 1]) * norm.pdf(z) ** 2)).sum())
+    estimate, half = float(z[0] - z[1]), float(norm.ppf(0.5 + confidence / 2) * np.sqrt(variance))
+    return estimate, estimate - half, estimate + half
+
+
 def binomial_p(successes, n, chance):
     """Exact two-sided binomial test of successes out of n against the rate `chance`."""
     return float(binomtest(int(successes), int(n), chance).pvalue) if n else float("nan")
@@ -71,6 +91,14 @@ def difference_row(measure, flags, reference_flags, confidence=0.95):
                                               confidence)
     return {"measure": measure, "estimate": estimate, "low": low, "high": high, "successes": int(flags.sum()),
             "n": int(flags.size), "reference_successes": int(reference.sum()), "reference_n": int(reference.size)}
+
+
+def d_prime_row(measure: str, hits, false_alarms, confidence: float = 0.95) -> dict:
+    """d' of boolean hit flags (signal trials) against false-alarm flags (noise trials)."""
+    hits, alarms = np.asarray(hits, dtype=bool), np.asarray(false_alarms, dtype=bool)
+    estimate, low, high = d_prime(int(hits.sum()), hits.size, int(alarms.sum()), alarms.size, confidence)
+    return {"measure": measure, "estimate": estimate, "low": low, "high": high, "successes": int(hits.sum()),
+            "n": int(hits.size), "reference_successes": int(alarms.sum()), "reference_n": int(alarms.size)}
 
 
 def mean_row(measure, values, seed=0, n_resamples=10000):
@@ -103,17 +131,34 @@ def _flags(series):
 # --- experiments --------------------------------------------------------------------------------
 
 def detection_logit_statistics(records):
-    """Per cell, from run_detection_logits records: hit rate (injected trials answering yes),
-    false-alarm rate (control trials answering yes), their difference, the share of injected
-    trials whose P(yes) exceeds the control's mean, and the mean P(yes) of each kind."""
+    """Per cell, from run_detection_logits records (every trial its own forward pass): on the
+    detection question, hit_rate (injected trials answering yes), false_alarm_rate (unsteered
+    trials, one per wording, answering yes), hit_minus_false_alarm (Newcombe), d_prime (log-linear
+    correction), random_yes_rate (concept-like random vectors answering yes) and hit_minus_random;
+    on the control questions (truthful answer no), the yes rate with a concept injected and
+    unsteered and control_question_yes_bias, their difference: the yes-bias steering alone creates;
+    low_mass_<arm>, the share of each arm's trials whose yes and no tokens held less than
+    min_option_mass; and the mean P(yes) of injected and unsteered detection trials (bootstrap)."""
     rows = []
     for cell, group in _cells(records):
-        injected, control = group[group["kind"] == "injected"], group[group["kind"] == "control"]
-        hits, alarms = _flags(injected["prediction"] == "yes"), _flags(control["prediction"] == "yes")
-        part = [rate_row("hit_rate", hits), rate_row("false_alarm_rate", alarms),
-                difference_row("hit_minus_false_alarm", hits, alarms),
-                rate_row("p_yes_above_control", injected["p_yes"] > control["p_yes"].mean()),
-                mean_row("mean_p_yes_injected", injected["p_yes"]), mean_row("mean_p_yes_control", control["p_yes"])]
+        detect, asked = group[group["question"] == "detect"], group[group["question"] == "control_question"]
+        arms = {"injected": detect[detect["kind"] == "injected"], "random": detect[detect["kind"] == "random"],
+                "control": detect[detect["kind"] == "control"],
+                "control_question_injected": asked[asked["kind"] == "injected"],
+                "control_question_unsteered": asked[asked["kind"] == "control"]}
+        yes = {arm: _flags(trials["prediction"] == "yes") for arm, trials in arms.items()}
+        part = [rate_row("hit_rate", yes["injected"]), rate_row("false_alarm_rate", yes["control"]),
+                difference_row("hit_minus_false_alarm", yes["injected"], yes["control"]),
+                d_prime_row("d_prime", yes["injected"], yes["control"]),
+                rate_row("random_yes_rate", yes["random"]),
+                difference_row("hit_minus_random", yes["injected"], yes["random"]),
+                rate_row("control_question_yes_injected", yes["control_question_injected"]),
+                rate_row("control_question_yes_unsteered", yes["control_question_unsteered"]),
+                difference_row("control_question_yes_bias", yes["control_question_injected"],
+                               yes["control_question_unsteered"])]
+        part += [rate_row(f"low_mass_{arm}", _flags(trials["low_mass"])) for arm, trials in arms.items()]
+        part += [mean_row("mean_p_yes_injected", arms["injected"]["p_yes"]),
+                 mean_row("mean_p_yes_control", arms["control"]["p_yes"])]
         rows += [dict(zip(CELL, cell)) | row for row in part]
     return _table(rows)
 
@@ -142,23 +187,29 @@ def detection_response_statistics(graded):
 
 
 def forced_identification_statistics(records, seed=0):
-    """Per cell, from run_forced_identification records: the top-1 rate of the injected concept
-    among the candidates on injected trials (binomial test against 1/n_candidates) and on the
-    control (the unsteered answer: one concept is top-1, so about 1/n_candidates by construction),
-    their difference, and the mean rank of each kind and its paired improvement (control rank minus
-    injected rank, per concept) with bootstrap intervals."""
+    """Per cell, from run_forced_identification records (every trial its own forward pass): the
+    top-1 rate of the read concept among the candidates (binomial tests against 1/n_candidates) on
+    the thought question injected (top1_injected) and unsteered (top1_control, one trial per
+    wording), and under the leak request injected (top1_leak) and unsteered (top1_leak_control);
+    top1_injected_minus_control, and top1_injected_minus_leak: how much more often the concept is
+    named when asked about thoughts than when it merely leaks into the next word (Newcombe); the
+    mean rank of the thought question's injected and unsteered trials and of the leak's injected
+    trials (bootstrap)."""
     rows = []
     for cell, group in _cells(records):
-        injected = group[group["kind"] == "injected"].set_index("concept")
-        control = group[group["kind"] == "control"].set_index("concept").reindex(injected.index)
         chance = 1 / int(group["n_candidates"].iloc[0])
-        part = [rate_row("top1_injected", _flags(injected["top1"]), chance),
-                rate_row("top1_control", _flags(control["top1"].dropna()), chance),
-                difference_row("top1_injected_minus_control", _flags(injected["top1"]),
-                               _flags(control["top1"].dropna())),
-                mean_row("mean_rank_injected", injected["rank"], seed),
-                mean_row("mean_rank_control", control["rank"].dropna(), seed),
-                mean_row("rank_improvement", (control["rank"] - injected["rank"]).dropna(), seed)]
+        arms = {(question, kind): trials for (question, kind), trials in group.groupby(["question", "kind"])}
+        top1 = {key: _flags(trials["top1"]) for key, trials in arms.items()}
+        thought, leak = "forced_identification", "leak"
+        part = [rate_row("top1_injected", top1[(thought, "injected")], chance),
+                rate_row("top1_control", top1[(thought, "control")], chance),
+                difference_row("top1_injected_minus_control", top1[(thought, "injected")], top1[(thought, "control")]),
+                rate_row("top1_leak", top1[(leak, "injected")], chance),
+                rate_row("top1_leak_control", top1[(leak, "control")], chance),
+                difference_row("top1_injected_minus_leak", top1[(thought, "injected")], top1[(leak, "injected")]),
+                mean_row("mean_rank_injected", arms[(thought, "injected")]["rank"], seed),
+                mean_row("mean_rank_control", arms[(thought, "control")]["rank"], seed),
+                mean_row("mean_rank_leak", arms[(leak, "injected")]["rank"], seed)]
         rows += [dict(zip(CELL, cell)) | row for row in part]
     return _table(rows)
 

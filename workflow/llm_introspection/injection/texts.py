@@ -51,6 +51,10 @@ class DetectionTexts:
     question: str
     answer: AnswerSpec  # prefill as written; the options yes, no
     forced_prefill: str
+    wordings: tuple  # the question, then its paraphrases: the logit metric's and forced identification's variants
+    control_questions: tuple  # yes/no questions whose truthful answer is no, injection or not
+    leak_requests: tuple  # requests for a word that do not ask about thoughts
+    leak_prefill: str
 
 
 @dataclass(frozen=True)
@@ -144,13 +148,19 @@ def provenance(texts):
 
 
 def load_detection_texts(path):
-    """The detection trial texts, validated."""
+    """The detection trial texts, validated (the wordings, control questions and leak requests
+    each unique, case-insensitively)."""
     path, data, sha256 = read_resource(path, "injection_detection", "detection file")
     answer = data["answer"]
+    wordings = [data["question"], *data["paraphrases"]]
+    _check_unique(wordings, "keys 'question' and 'paraphrases' together", path)
+    _check_unique(data["control_questions"], "key 'control_questions'", path)
+    _check_unique(data["leak"]["requests"], "key 'leak.requests'", path)
     return DetectionTexts(
         path, data["version"], sha256, data["preamble"], data["acknowledgement"], data["opening"],
         data["question"], AnswerSpec(path, answer["prefill"], answer["separator"], tuple(answer["options"])),
-        data["forced_identification"]["prefill"],
+        data["forced_identification"]["prefill"], tuple(wordings), tuple(data["control_questions"]),
+        tuple(data["leak"]["requests"]), data["leak"]["prefill"],
     )
 
 

@@ -253,10 +253,21 @@ def _injection(summary, settings, figures):
         "itself pushes towards its word, so a high injected rate alone shows the steering works, not awareness; "
         "the evidence for introspection is a hit rate above the false-alarm rate on the same question, and a "
         "localization accuracy above every control question and above the random vector (the answer "
-        "distribution shows position bias). The logit metric has one control trial per cell (the unsteered "
-        "prompt is the same for every concept, so a repeat would be identical): its false-alarm rate is 0 or 1, "
-        "and the share of injected trials with P(yes) above the control's is the comparison to read. Small "
-        "models are not expected to pass these controls.")
+        "distribution shows position bias). The logit metric runs every arm over "
+        f"{settings['n_variants']} wordings of the question, one forward pass per trial: the false-alarm rate "
+        "comes from one unsteered trial per wording (n = the wordings), the hit rate from every concept under "
+        "every wording; d' uses the log-linear correction (0.5 added to each count, 1 to each n). Read the hit "
+        "rate against three controls: the false-alarm rate, the yes rate under concept-like random vectors of "
+        "the same norm (random_yes_rate: any such push), and control_question_yes_bias, the rise of yes to "
+        "questions whose answer is no (the yes-bias steering alone creates; P(yes) is renormalised over yes "
+        "and no, which drifts to 0.5 when strong steering collapses both, and low_mass_* counts the trials "
+        f"whose yes and no held less than {settings['min_option_mass']} of the probability). Forced "
+        "identification is read against its leak arm: top1_injected_minus_leak is how much more often the "
+        "concept is named when asked about thoughts than when a request for any word lets it leak. Holm "
+        "corrections: per cell and table, over that cell's tests against chance only — forced identification's "
+        "four top-1 rates (thought question and leak, injected and unsteered) and localization's accuracy of "
+        "every question and kind; the logit metric and the differences test nothing against chance and carry "
+        "intervals only. Small models are not expected to pass these controls.")
     return sections
 
 
