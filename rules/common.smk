@@ -10,6 +10,7 @@ from llm_introspection.config import validate
 from llm_introspection.errors import InputError
 from llm_introspection.injection import texts as injection_texts
 from llm_introspection.prompts import load_prompt_set, select_prompt_ids
+from llm_introspection.records import base_instruct_pairs, condition
 from llm_introspection import registry
 from llm_introspection.study.coding import load_labelled_examples, load_lexicon
 from llm_introspection.study.rubric import load_rubric
@@ -64,6 +65,16 @@ def shared_frame_twins(models):
                 )
             twins[twin] = (name, {**spec, "frame": "base"})
     return twins
+
+
+# Base/instruct pairs (same family and size, native frame): the identical-text condition traces each
+# model on its partner's generations, and the base model once more with weight noise the size of
+# the pair's difference (rules trace_cross, trace_noise).
+PAIRS = base_instruct_pairs(
+    {name: spec for name, spec in MODELS.items() if condition(spec) == "native"}
+)
+PARTNER = {a: b for pair in PAIRS for a, b in (pair, pair[::-1])}
+PAIR_BASES = [base for base, _ in PAIRS]
 
 
 # Derived models: twin name -> the model whose prepared weights it shares.
@@ -151,6 +162,23 @@ def get_twin_source_manifest(wildcards):
     """A twin's original's manifest (its weights are shared), else nothing."""
     original = TWIN_OF.get(wildcards.model)
     return [f"results/models/{original}/manifest.json"] if original else []
+
+
+def names_pattern(names):
+    """A wildcard constraint matching exactly the given names (nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def get_partner_generations(wildcards):
+    """The pair partner's generation files of one job's prompts."""
+    return [
+        f"results/generations/{PARTNER[wildcards.model]}/{p}.json"
+        for p in get_job_prompt_ids(wildcards)
+    ]
+
+
+def get_partner_manifest(wildcards):
+    return f"results/models/{PARTNER[wildcards.model]}/manifest.json"
 
 
 def get_model_generations(wildcards):

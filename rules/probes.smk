@@ -5,6 +5,16 @@ rule probes:
         ),
         coding=expand("results/coding/keyword/{model}.csv", model=MODELS),
         judge=expand("results/judge/{model}.csv", model=MODELS),
+        cross=expand(
+            "results/activations_cross/{model}/{prompt}.h5",
+            model=PARTNER,
+            prompt=PROMPT_IDS,
+        ),
+        noise=expand(
+            "results/activations_noise/{model}/{prompt}.h5",
+            model=PAIR_BASES,
+            prompt=PROMPT_IDS,
+        ),
     output:
         table="results/probing/probes.csv",
         statistics="results/statistics/probing_statistics.json",

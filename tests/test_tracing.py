@@ -1,10 +1,14 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import TINY_GEMMA3, TINY_LLAMA, StandInModel, load_tiny
+from llm_introspection.errors import InputError
 from llm_introspection.modules import decoder_layers
 from llm_introspection.tracing import capture_residual, hidden_state_indices, trace_prompts
+from llm_introspection.weights import add_difference_sized_noise
 
 
 def test_hidden_state_indices_round_fractions_of_depth():
@@ -51,3 +55,23 @@ def test_capture_handles_tuple_and_tensor_outputs_and_keyword_inputs():
     assert torch.equal(captured[0], x)
     assert torch.equal(captured[1], x * 2)
     assert torch.equal(captured[2], x * 2 + 1)
+
+
+def test_weight_noise_has_the_norm_of_the_pair_difference_tensor_by_tensor():
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 3))
+    partner = copy.deepcopy(base)
+    with torch.no_grad():
+        for scale, parameter in zip((0.01, 0.1, 0.02, 0.3), partner.parameters()):
+            parameter.add_(scale * torch.randn_like(parameter))
+    before = copy.deepcopy(base)
+    summary = add_difference_sized_noise(base, partner, seed=3)
+    for (name, old), new, other in zip(before.named_parameters(), base.parameters(), partner.parameters()):
+        noise, difference = (new - old).flatten(), (other - old).flatten()
+        assert float(torch.linalg.vector_norm(noise)) == pytest.approx(float(torch.linalg.vector_norm(difference)), rel=1e-5), name
+        assert abs(float(torch.nn.functional.cosine_similarity(noise, difference, dim=0))) < 0.9  # a random direction
+    assert summary["n_tensors"] == 4
+    differences = [float(torch.linalg.vector_norm(o - b)) ** 2 for o, b in zip(partner.parameters(), before.parameters())]
+    assert summary["difference_norm"] == pytest.approx(sum(differences) ** 0.5, rel=1e-5)
+    with pytest.raises(InputError, match="same-shaped twin"):
+        add_difference_sized_noise(base, torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 3)), seed=0)

@@ -123,12 +123,19 @@ def test_statistics_run_on_the_coded_and_judged_completions(per_model_study):
     agreement = json.loads((per_model_study / "results/statistics/agreement_statistics.json").read_text())
     assert agreement["dimensions"]["hedging"]["all_models"]["n"] == 24
     probes = pd.read_csv(per_model_study / "results/probing/probes.csv")
-    assert set(probes["task"]) == {"base_vs_instruct", "prompt_type", "self_reference_content"}
-    # no family has both variants, but the tiny models share a hidden size: in each condition only that subset
-    assert set(probes.loc[probes["task"] == "base_vs_instruct", "subset"]) == {
-        "hidden_size=32", "shared_frame: hidden_size=32"}
+    assert set(probes["task"]) == {
+        "base_vs_instruct", "prompt_type", "self_reference_content", "self_reference_pre_generation",
+        "self_reference_text_only", "identical_text_reader", "identical_text_generator", "weight_noise_calibration"}
+    # no family has both variants: no pair, and models of different families are never pooled
+    variant = probes[probes["task"] == "base_vs_instruct"]
+    assert len(variant) == 1 and not variant["estimable"].item() and "no base/instruct pair" in variant["reason"].item()
     summary = json.loads((per_model_study / "results/statistics/probing_statistics.json").read_text())
     assert "grouped by prompt_id" in summary["folds"]
+    assert summary["identity"]["identical_text"].startswith("not estimable: no base/instruct pair")
+    assert summary["identity"]["weight_difference_calibration"].startswith("not estimable")
+    assert len(summary["self_reference_text"]["residual_over_text"]) > 0
+    assert not list((per_model_study / "results").glob("activations_cross")) + list(
+        (per_model_study / "results").glob("activations_noise"))
 
 
 FIGURES = ("keyword_scores", "judge_scores", "agreement", "first_token_entropy", "entropy_profiles",

@@ -16,12 +16,13 @@ from transformers.utils import logging as transformers_logging
 from .batching import PAD_ID
 from .models import load_model, load_tokenizer, prepare_model, resolve_device, resolve_dtype
 from .prompts import TEMPLATE_DATE, load_prompt, render_prompt, uses_chat_template
-from .records import completion_rows
+from .records import completion_rows, weight_noise_name
 from .sampling import STAT_NAMES, SamplingParams, eos_token_ids, sample_completions
 from .storage import atomic_h5, read_json, set_attrs, versions, write_csv, write_json
 from .study.judge import score_completions
 from .study.rubric import load_rubric
 from .tracing import hidden_state_indices, trace_prompts
+from .weights import add_difference_sized_noise
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -132,10 +133,8 @@ def _write_entropy(path, header, seeds, completions):
         h5.create_dataset("first_token_entropy_sampling", data=stats[:, 0, 1])
 
 
-def run_trace(manifest_path, generation_paths, activation_paths, settings, threads):
-    """Teacher-force every rep of every prompt and store the residual stream per prompt."""
-    trace = settings["trace"]
-    model, _, record, _ = open_model(manifest_path, settings["runtime"], threads)
+def _trace_generations(model, record, generation_paths, activation_paths, trace):
+    """Teacher-force every rep of every generation file through `model`; one activation file each."""
     indices = hidden_state_indices(trace["layer_fractions"], record["n_layers"])
     generations = [read_json(path) for path in generation_paths]
     _check_paths_follow([g["prompt"]["id"] for g in generations], activation_paths)
@@ -151,6 +150,37 @@ def run_trace(manifest_path, generation_paths, activation_paths, settings, threa
     log(f"traced {sum(len(g['reps']) for g in generations)} completions in {time.perf_counter() - started:.1f} s")
     for generation, path, (prompt_states, completion_states) in zip(generations, activation_paths, traced):
         _write_activations(path, generation, record, indices, trace["layer_fractions"], prompt_states, completion_states)
+
+
+def run_trace(manifest_path, generation_paths, activation_paths, settings, threads):
+    """Teacher-force every rep of every prompt and store the residual stream per prompt."""
+    model, _, record, _ = open_model(manifest_path, settings["runtime"], threads)
+    _trace_generations(model, record, generation_paths, activation_paths, settings["trace"])
+
+
+def run_trace_cross(manifest_path, generation_paths, activation_paths, settings, threads):
+    """The identical-text condition: this model teacher-forced on its pair partner's generations
+    (prompt and completion token ids as the partner saw and wrote them)."""
+    model, _, record, _ = open_model(manifest_path, settings["runtime"], threads)
+    writers = {read_json(path)["model"]["name"] for path in generation_paths}
+    if record["name"] in writers:
+        raise ValueError(f"trace_cross of {record['name']} was given its own generations")
+    _trace_generations(model, record, generation_paths, activation_paths, settings["trace"])
+
+
+def run_trace_noise(manifest_path, partner_manifest_path, generation_paths, activation_paths, settings, threads):
+    """The weight-difference calibration: the base model, with Gaussian noise added to every
+    weight tensor of the norm of its difference from the instruct partner, teacher-forced on the
+    base model's own generations."""
+    model, _, record, _ = open_model(manifest_path, settings["runtime"], threads)
+    partner, _, partner_record, _ = open_model(partner_manifest_path, settings["runtime"], threads)
+    noise = add_difference_sized_noise(model, partner, settings["seed"])
+    del partner
+    log(f"weight noise: |difference| {noise['difference_norm']:.4g} over {noise['n_tensors']} tensors, "
+        f"|weights| {noise['weight_norm']:.4g}")
+    record = record | {"name": weight_noise_name(record["name"]),
+                       "weight_noise": {"partner": partner_record["name"], "seed": settings["seed"], **noise}}
+    _trace_generations(model, record, generation_paths, activation_paths, settings["trace"])
 
 
 def _write_activations(path, generation, record, indices, fractions, prompt_states, completion_states):

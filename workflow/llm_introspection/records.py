@@ -37,3 +37,23 @@ def completion_rows(generation_paths):
         for rep in generation["reps"]:
             rows.append(design | {"rep": rep["rep"], "seed": rep["seed"], "text": rep["text"]})
     return rows
+
+
+def base_instruct_pairs(models):
+    """(base, instruct) name pairs of `models` (name -> record with family, size_b, variant): one
+    base and one instruct model of the same family and size, so the instruct model is the base
+    fine-tuned and both share one residual basis. A (family, size) with more models pairs none."""
+    cells = {}
+    for name, model in models.items():
+        cells.setdefault((model["family"], model["size_b"]), []).append((model["variant"], name))
+    pairs = []
+    for members in cells.values():
+        variants = dict(members)
+        if len(members) == 2 and set(variants) == {"base", "instruct"}:
+            pairs.append((variants["base"], variants["instruct"]))
+    return sorted(pairs)
+
+
+def weight_noise_name(base):
+    """The name a base model carries when read with weight noise the size of its pair's difference."""
+    return f"{base}+weight-noise"

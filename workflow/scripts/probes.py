@@ -8,6 +8,8 @@ from llm_introspection.study.analysis import run_probes
 
 run_probes(
     activation_paths=snakemake.input.activations,
+    cross_paths=snakemake.input.cross,
+    noise_paths=snakemake.input.noise,
     coding_paths=snakemake.input.coding,
     judge_paths=snakemake.input.judge,
     outputs=dict(snakemake.output.items()),

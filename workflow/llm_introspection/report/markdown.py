@@ -143,14 +143,30 @@ def _agreement(agreement):
 
 
 def _probes(probing):
-    best = pd.DataFrame(probing["best_layer_per_task"])
-    if best.empty:
+    selected = pd.DataFrame(probing["layer_selection"])
+    selected = selected[selected["estimable"].astype(bool)] if len(selected) else selected
+    if selected.empty:
         return "No probe was estimable."
-    table = best.assign(
-        layer=best["hidden_state_index"].astype(int).astype(str) + " (" + best["layer_fraction"].map(_number) + ")",
-        n=best["n"].astype(int), n_groups=best["n_groups"].astype(int),
-    )[["task", "subset", "layer", "accuracy", "shuffled_control", "majority_baseline", "n", "n_groups", "p_holm"]]
-    return markdown_table(table.rename(columns={"shuffled_control": "shuffled labels", "majority_baseline": "majority"}))
+    table = selected.assign(layers=selected["selected_index_a"].astype(int).astype(str) + ", "
+                            + selected["selected_index_b"].astype(int).astype(str))
+    table = table[["task", "subset", "layers", "held_out_accuracy", "max_over_layers"]]
+    identity = probing["identity"]
+    lines = [markdown_table(table.rename(columns={"layers": "layer chosen on each half", "held_out_accuracy": "held-out",
+                                                  "max_over_layers": "max over layers (optimistic)"}))]
+    if not identity["pairs"]:
+        lines.append(f"Identical text and weight-difference calibration: {identity['identical_text']}.")
+    elif isinstance(identity["weight_difference_calibration"]["by_layer"], list):
+        margin = pd.DataFrame(identity["weight_difference_calibration"]["by_layer"])
+        lines += ["Which model reads the base model's text (identical text) against the base model with weight noise "
+                  "of the pair's difference (the floor two weight sets that far apart give):",
+                  markdown_table(margin[["subset", "hidden_state_index", "accuracy_pair", "accuracy_noise", "margin"]])]
+    added = pd.DataFrame(probing["self_reference_text"]["residual_over_text"])
+    if len(added):
+        lines += ["Self-reference probe (held-out layer) against a bag-of-token-ids baseline on the same completions, "
+                  "and from the prompt's last position before generation:",
+                  markdown_table(added[["subset", "held_out_accuracy", "text_only_accuracy",
+                                        "pre_generation_held_out_accuracy", "activation_minus_text"]])]
+    return "\n\n".join(lines)
 
 
 def _not_estimable(probing, mixed, scaling):
@@ -312,8 +328,10 @@ def run_report(inputs, output_path, settings):
         _figure("activation_embeddings", "PCA and UMAP of mid-layer activations (mean over response tokens)."),
         _figure("probe_accuracy", "Probe accuracy by depth (solid), shuffled-label control (dashed), majority "
                                   "baseline (dotted); folds grouped by prompt."),
-        "Best layer per task and subset (accuracy with its controls; p from the label permutations, Holm-corrected "
-        "over layers):",
+        "Layer per task and subset chosen on one half of the prompts and scored on the other (both ways, mean), beside "
+        "the optimistic maximum over layers; probes.csv has every layer with its controls, p from the label "
+        "permutations and Holm over layers (p_holm) and over the whole sweep (p_holm_sweep). Base vs instruct is "
+        "probed within base/instruct pairs only:",
         _probes(probing),
         *(_injection(read_json(inputs["injection"]), settings["injection"],
                      [(n, c) for n, c in INJECTION_FIGURE_CAPTIONS if any(Path(f).stem == n for f in inputs["injection_figures"])])

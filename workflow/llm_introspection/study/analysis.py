@@ -14,7 +14,11 @@ from ..records import completion_rows, condition_tables, design_columns
 from ..storage import versions, write_csv, write_json
 from .clustered import VARIANCE_COMPONENTS, clustered_statistics, crossed_mixed_effects
 from .coding import DIMENSIONS, code_table, load_lexicon
-from .probing import activation_layouts, embed, pooled_activations, probe_tasks
+from .identity import pair_analysis
+from .layers import sweep_holm
+from .probe_summary import probing_summary
+from .probing import activation_layouts, completion_tokens, embed, pooled_activations
+from .tasks import LABEL_KEYS, probe_tasks
 from .statistics import agreement, bootstrap_ci, content_statistics, mixed_effects, scaling
 # The first token's distribution depends on the prompt alone (every rep shares it), so its
 # entropies count once per (model, prompt); the mean entropies once per completion.
@@ -153,24 +157,30 @@ def content_labels(coding_paths, judge_paths):
     return labels.merge(depth, on=keys, how="outer", validate="one_to_one")
 
 
-def run_probes(activation_paths, coding_paths, judge_paths, outputs, settings):
-    """Linear probes at every dumped layer, per group of models sharing one activation layout:
+def run_probes(activation_paths, cross_paths, noise_paths, coding_paths, judge_paths, outputs, settings):
+    """Linear probes at every dumped layer, per group of models sharing one activation layout, and
+    the identity probes of each base/instruct pair (on the identical-text and weight-noise traces):
     probes.csv (one row per task, subset and layer) and probing_statistics.json (its summary)."""
     labels = content_labels(coding_paths, judge_paths)
     options = {"n_splits": settings["n_splits"], "n_permutations": settings["n_permutations"], "seed": settings["seed"]}
-    tables = []
+    tables, selections = [], []
     for layout, paths in activation_layouts(activation_paths).items():
         features, meta = pooled_activations(paths)
-        tables.append(probe_tasks(features, meta, labels, **options).assign(hidden_size=layout[0], n_layers=layout[1]))
-    table = pd.concat(tables, ignore_index=True)
+        tokens = meta[LABEL_KEYS].merge(completion_tokens(paths), on=LABEL_KEYS, validate="one_to_one")["tokens"]
+        table, selection = probe_tasks(features, meta, labels, tokens=tokens.to_numpy(),
+                                       pre_generation=pooled_activations(paths, pooling="last_prompt")[0], **options)
+        tables.append(table.assign(hidden_size=layout[0], n_layers=layout[1]))
+        selections.append(selection)
+    codes = labels[LABEL_KEYS + ["keyword_self_reference"]].rename(columns={"keyword_self_reference": "code"})
+    table, selection, direction, pairs = pair_analysis(activation_paths, cross_paths, noise_paths, codes, **options)
+    table = pd.concat([*tables, table], ignore_index=True)
+    table.insert(table.columns.get_loc("p_holm") + 1, "p_holm_sweep", sweep_holm(table))
     write_csv(outputs["table"], table)
-    estimable = table[table["estimable"].astype(bool)]
-    best = estimable.loc[estimable.groupby(["task", "subset"])["accuracy"].idxmax()] if len(estimable) else estimable
     write_json(outputs["statistics"], {
-        "settings": settings, "pooling": "mean over the completion's positions", "versions": versions(),
+        "settings": settings, "versions": versions(),
+        "pooling": "mean over the completion's positions; pre-generation: the prompt's last position",
         "folds": "grouped by prompt_id: the reps of one prompt never sit on both sides of a split",
-        "best_layer_per_task": _records(best),
-        "not_estimable": _records(table[~table["estimable"].astype(bool)][["task", "subset", "reason"]].drop_duplicates()),
+        **probing_summary(table, pd.concat([*selections, selection], ignore_index=True), direction, pairs),
     })
 
 

@@ -19,6 +19,7 @@ from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.dummy import DummyClassifier
+from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
@@ -26,16 +27,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import InputError
-from ..records import condition, condition_tables
-from .statistics import VARIANTS, families_with_both_variants, holm
+from ..records import condition
 
 MODEL_FIELDS = ("family", "size_b", "variant", "frame", "hidden_size", "n_layers")
-LABEL_KEYS = ["model", "prompt_id", "rep"]
-RESULT_COLUMNS = (
-    "hidden_state_index", "layer_fraction", "accuracy", "balanced_accuracy", "majority_baseline",
-    "shuffled_control", "p_value", "p_holm", "n", "n_groups", "n_splits", "estimable", "reason",
-)
-TABLE_COLUMNS = ("task", "subset", *RESULT_COLUMNS)
 
 
 # --- pooled activations -------------------------------------------------------------------------
@@ -62,6 +56,15 @@ def _header(h5, path):
     return model, indices, (model["hidden_size"], model["n_layers"], indices)
 
 
+def file_models(paths):
+    """The model record (the reading model) of each activation file."""
+    models = []
+    for path in paths:
+        with h5py.File(path, "r") as h5:
+            models.append(_header(h5, path)[0])
+    return models
+
+
 def activation_layouts(paths):
     """Activation files grouped by layout: (hidden_size, n_layers, hidden-state indices) -> paths.
 
@@ -73,15 +76,33 @@ def activation_layouts(paths):
     return dict(layouts)
 
 
-def pooled_activations(paths, include_prompt=False):
-    """Mean-pooled hidden states of every completion in the activation files `paths`.
+POOLINGS = ("completion", "prompt_and_completion", "last_prompt")
 
-    Pools over the completion's positions or, with `include_prompt`, over prompt + completion
-    without the attention-sink position. All files must share one layout (see
-    `activation_layouts`). Returns (features: hidden-state index -> float32 (n_completions, d),
-    meta: one row per completion with model, family, size_b, variant, hidden_size, n_layers,
+
+def _context(h5, path, pooling):
+    """(sum over the prompt positions pooled with each completion, their count) for a pooling."""
+    if pooling == "completion":
+        return 0.0, 0
+    states = _states(h5, "prompt", path)
+    if pooling == "last_prompt":
+        return states[:, -1], 1
+    context = np.delete(states, int(_attr(h5, "attention_sink_position", path)), axis=1)
+    return context.sum(axis=1), context.shape[1]
+
+
+def pooled_activations(paths, pooling="completion"):
+    """Pooled hidden states of every completion in the activation files `paths`.
+
+    `pooling`: 'completion' (mean over the completion's positions), 'prompt_and_completion' (mean
+    over prompt + completion without the attention-sink position) or 'last_prompt' (the prompt's
+    last position, before the first generated token: the same for every rep of a prompt). All files
+    must share one layout (see `activation_layouts`). Returns (features: hidden-state index ->
+    float32 (n_completions, d), meta: one row per completion with model (the reading model),
+    generator (the model that wrote the text), family, size_b, variant, hidden_size, n_layers,
     prompt_id, prompt_type, rep, seed).
     """
+    if pooling not in POOLINGS:
+        raise InputError(f"unknown pooling {pooling!r}: use one of {POOLINGS}")
     pooled, rows, first = defaultdict(list), [], None
     for path in paths:
         with h5py.File(path, "r") as h5:
@@ -91,27 +112,43 @@ def pooled_activations(paths, include_prompt=False):
                 raise InputError(
                     f"{path}: layout (hidden size, layers, indices) {layout} differs from {first[0]}'s "
                     f"{first[1]}: pool one layout at a time (activation_layouts)")
+            writer = json.loads(h5.attrs["generation_model"])["name"] if "generation_model" in h5.attrs else model["name"]
             prompt = {"prompt_id": _attr(h5, "prompt_id", path), "prompt_type": _attr(h5, "prompt_type", path)}
-            if include_prompt:
-                sink = int(_attr(h5, "attention_sink_position", path))
-                context = np.delete(_states(h5, "prompt", path), sink, axis=1)
-                context_sum, context_len = context.sum(axis=1), context.shape[1]
-            else:
-                context_sum, context_len = 0.0, 0
+            context_sum, context_len = _context(h5, path, pooling)
             reps = sorted(name for name in h5 if name.startswith("rep_"))
             if not reps:
                 raise InputError(f"{path}: no rep_NN groups")
             for name in reps:
-                states = _states(h5, name, path)
-                mean = (context_sum + states.sum(axis=1)) / (context_len + states.shape[1])
+                if pooling == "last_prompt":
+                    mean = context_sum  # the completion's own positions are not read
+                else:
+                    states = _states(h5, name, path)
+                    mean = (context_sum + states.sum(axis=1)) / (context_len + states.shape[1])
                 for index, vector in zip(indices, mean):
                     pooled[index].append(vector)
                 rows.append({
-                    "model": model["name"], **{k: model[k] for k in MODEL_FIELDS}, "condition": condition(model), **prompt,
+                    "model": model["name"], "generator": writer, **{k: model[k] for k in MODEL_FIELDS},
+                    "condition": condition(model), **prompt,
                     "rep": int(_attr(h5[name], "rep", path)), "seed": int(_attr(h5[name], "seed", path)),
                 })
     features = {index: np.array(vectors, dtype=np.float32) for index, vectors in pooled.items()}
     return features, pd.DataFrame(rows)
+
+
+def completion_tokens(paths):
+    """The completion token ids of every completion in the activation files `paths`, as one string
+    of space-separated ids per completion: a table with model, prompt_id, rep and tokens."""
+    rows = []
+    for path in paths:
+        with h5py.File(path, "r") as h5:
+            model = json.loads(_attr(h5, "model", path))["name"]
+            for name in sorted(n for n in h5 if n.startswith("rep_")):
+                if "token_ids" not in h5[name]:
+                    raise InputError(f"{path}: no dataset {name}/token_ids")
+                rows.append({"model": model, "prompt_id": _attr(h5, "prompt_id", path),
+                             "rep": int(_attr(h5[name], "rep", path)),
+                             "tokens": " ".join(map(str, h5[name]["token_ids"][()]))})
+    return pd.DataFrame(rows, columns=["model", "prompt_id", "rep", "tokens"])
 
 
 # --- one probe ----------------------------------------------------------------------------------
@@ -170,8 +207,16 @@ def shuffled_labels(labels, groups, rng):
     return rng.permutation(cell_labels)[codes]
 
 
-def probe(features, labels, groups, n_splits=5, seed=0, n_permutations=100, n_jobs=None):
-    """Cross-validated accuracy of `make_probe` on (n, d) `features`, folds grouped by `groups`.
+def make_text_probe():
+    """The text-only baseline: L2 logistic regression on which token ids occur in a completion
+    (bag of words over strings of space-separated ids; the vocabulary is learnt per training fold)."""
+    return make_pipeline(CountVectorizer(token_pattern=r"\S+", lowercase=False, binary=True),
+                         LogisticRegression(max_iter=5000))
+
+
+def probe(features, labels, groups, n_splits=5, seed=0, n_permutations=100, n_jobs=None, estimator=None):
+    """Cross-validated accuracy of `estimator` (default `make_probe`) on `features` (n rows),
+    folds grouped by `groups`.
 
     Returns accuracy (mean over folds), fold_accuracies, balanced_accuracy (of the pooled
     out-of-fold predictions), majority_baseline (train-fold majority class, same folds),
@@ -192,7 +237,7 @@ def probe(features, labels, groups, n_splits=5, seed=0, n_permutations=100, n_jo
         reason = "no grouped split leaves two classes in every training fold"
     if splits is None:
         return {"estimable": False, "reason": reason, **counts}
-    estimator = make_probe()
+    estimator = make_probe() if estimator is None else estimator
     predicted = _predict_folds(estimator, features, labels, splits)
     folds = _fold_accuracies(labels, predicted, splits)
     majority = _fold_accuracies(labels, _predict_folds(DummyClassifier(), features, labels, splits), splits)
@@ -207,99 +252,6 @@ def probe(features, labels, groups, n_splits=5, seed=0, n_permutations=100, n_jo
         "p_value": float((1 + np.sum(np.asarray(null) >= accuracy)) / (1 + n_permutations)),
         **counts, "n_splits": len(splits),
     }
-
-
-# --- layers and tasks ---------------------------------------------------------------------------
-
-def probe_all_layers(features, meta, target, groups_column="prompt_id", **probe_options):
-    """`probe` of meta[target] at every hidden-state index, with Holm-adjusted p-values across layers.
-
-    `features` and `meta` are row-aligned (as from `pooled_activations`); layer_fraction is
-    index / n_layers. Returns one row per index with RESULT_COLUMNS."""
-    labels, groups = meta[target].to_numpy(), meta[groups_column].to_numpy()
-    n_layers = meta["n_layers"].iloc[0]
-    rows = [
-        {"hidden_state_index": index, "layer_fraction": index / n_layers, **probe(x, labels, groups, **probe_options)}
-        for index, x in sorted(features.items())
-    ]
-    table = pd.DataFrame.from_records(rows, columns=RESULT_COLUMNS)
-    table["p_holm"] = holm(table["p_value"])[0]
-    return table
-
-
-def _subset(features, meta, mask):
-    mask = np.asarray(mask)
-    return {index: x[mask] for index, x in features.items()}, meta[mask].reset_index(drop=True)
-
-
-def _not_estimable(task, reason):
-    return pd.DataFrame([{"task": task, "subset": "", "estimable": False, "reason": reason}])
-
-
-def _run_subsets(task, subsets, features, meta, target, no_subset_reason, **probe_options):
-    """One probe_all_layers table per (subset name, row mask); one not-estimable row if none."""
-    tables = [
-        probe_all_layers(*_subset(features, meta, mask), target, **probe_options).assign(task=task, subset=name)
-        for name, mask in subsets
-    ]
-    return pd.concat(tables, ignore_index=True) if tables else _not_estimable(task, no_subset_reason)
-
-
-def _variant_subsets(meta):
-    """Per condition (native frame; shared frame, when present): the families with both variants,
-    and the hidden sizes with both variants spanning several families."""
-    subsets = []
-    for name, rows in condition_tables(meta).items():
-        prefix = "" if name == "native" else f"{name}: "
-        in_condition = meta.index.isin(rows.index)
-        subsets += [(f"{prefix}family={f}", in_condition & (meta["family"] == f))
-                    for f in families_with_both_variants(rows)]
-        for size, sized in rows.groupby("hidden_size"):
-            if set(sized["variant"]) >= set(VARIANTS) and sized["family"].nunique() > 1:
-                subsets.append((f"{prefix}hidden_size={size}", in_condition & (meta["hidden_size"] == size)))
-    return subsets
-
-
-def _self_reference(features, meta, extra_labels, **probe_options):
-    """A probe of code >= 1 per label column of `extra_labels`, within each model."""
-    task = "self_reference_content"
-    if extra_labels is None:
-        return _not_estimable(task, "no per-completion self-reference labels given (extra_labels)")
-    merged = meta[LABEL_KEYS].merge(extra_labels, on=LABEL_KEYS, how="left", validate="many_to_one")
-    tables = []
-    for column in (c for c in extra_labels.columns if c not in LABEL_KEYS):
-        code = merged[column].to_numpy(dtype=float)
-        labelled = meta.assign(self_referential=code >= 1)
-        subsets = [(f"model={m}, label={column}", mask) for m in meta["model"].unique()
-                   if (mask := (meta["model"] == m).to_numpy() & ~np.isnan(code)).any()]
-        tables.append(_run_subsets(task, subsets, features, labelled, "self_referential",
-                                   f"no completion has a {column} label", **probe_options))
-    return pd.concat(tables, ignore_index=True) if tables else _not_estimable(task, "extra_labels has no label column")
-
-
-def probe_tasks(features, meta, extra_labels=None, **probe_options):
-    """The study's probes over every hidden-state index, as one tidy table (TABLE_COLUMNS).
-
-    - base_vs_instruct: variant, within each family that has both variants, and within each
-      hidden size that has both variants across more than one family; in the native frame and,
-      when the meta has shared-frame rows, on identical input text (subsets 'shared_frame: ...');
-    - prompt_type: the 4 prompt types, within each model;
-    - self_reference_content: code >= 1 for each label column of `extra_labels` (a table keyed by
-      model, prompt_id, rep, e.g. keyword_self_reference 0-3), within each model; completions
-      without a label are left out.
-    Folds are grouped by prompt. A task without data is one row with estimable False and a reason.
-    """
-    missing = [k for k in LABEL_KEYS if extra_labels is not None and k not in extra_labels]
-    if missing:
-        raise InputError(f"self-reference labels lack key columns {missing}")
-    per_model = [(f"model={m}", meta["model"] == m) for m in meta["model"].unique()]
-    tables = [
-        _run_subsets("base_vs_instruct", _variant_subsets(meta), features, meta, "variant",
-                     "no family or hidden size has both base and instruct models", **probe_options),
-        _run_subsets("prompt_type", per_model, features, meta, "prompt_type", "no completions", **probe_options),
-        _self_reference(features, meta, extra_labels, **probe_options),
-    ]
-    return pd.concat(tables, ignore_index=True).reindex(columns=TABLE_COLUMNS)
 
 
 # --- embeddings ---------------------------------------------------------------------------------
