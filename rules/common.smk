@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from llm_introspection.config import validate
 from llm_introspection.errors import InputError
 from llm_introspection.injection import texts as injection_texts
+from llm_introspection.models_check import check_models
 from llm_introspection.prompts import load_prompt_set, select_prompt_ids
 from llm_introspection import registry
 from llm_introspection.study.coding import load_labelled_examples, load_lexicon
@@ -16,10 +17,12 @@ from llm_introspection.study.rubric import load_rubric
 
 EXPERIMENTS = registry.EXPERIMENTS
 
-# Everything a run reads is validated here, before any job: the config, the prompts and every
-# configured resource file (each loader checks its file against its own schema).
+# Everything a run reads is validated here, before any job: the config, the prompts, every
+# configured resource file (each loader checks its file against its own schema) and the models'
+# sources (there, and custom code only where trusted; no weights are loaded).
 try:
     validate(config, "config", "the config")
+    check_models(config["models"])
     PROMPTS = load_prompt_set(config["prompts"]["dir"])
     PROMPT_IDS = select_prompt_ids(config["prompts"], PROMPTS)
     load_lexicon(config["coding"]["lexicon"])
@@ -30,6 +33,35 @@ try:
             getattr(injection_texts, registry.RESOURCES[key])(path)
 except InputError as error:
     raise WorkflowError(str(error)) from None
+
+
+LOG_TAIL_LINES = 12
+
+
+def failed_jobs():
+    """This run's failed jobs; of a failed group job, the members whose outputs are missing."""
+    for job in workflow.scheduler.failed:
+        if not job.is_group():
+            yield job
+            continue
+        for member in job.jobs:
+            if not all(Path(path).exists() for path in member.output):
+                yield member
+
+
+def print_failed_logs():
+    """Print the last lines of every failed job's log (its script's traceback ends with the reason)."""
+    for job in failed_jobs():
+        for path in map(Path, job.log):
+            lines = (
+                path.read_text(errors="replace").splitlines() if path.exists() else []
+            )
+            print(
+                f"\nJob {job.rule.name} failed; the last lines of its log {path}:",
+                *(f"    {line}" for line in lines[-LOG_TAIL_LINES:] or ["(empty)"]),
+                sep="\n",
+                file=sys.stderr,
+            )
 
 
 def canonical(value):

@@ -12,7 +12,6 @@ import json
 import warnings
 from collections import defaultdict
 
-import h5py
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
@@ -27,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..errors import InputError
 from ..records import condition, condition_tables
+from ..storage import open_h5
 from .statistics import VARIANTS, families_with_both_variants, holm
 
 MODEL_FIELDS = ("family", "size_b", "variant", "frame", "hidden_size", "n_layers")
@@ -68,7 +68,7 @@ def activation_layouts(paths):
     Files of one layout can be pooled together (`pooled_activations`)."""
     layouts = defaultdict(list)
     for path in paths:
-        with h5py.File(path, "r") as h5:
+        with open_h5(path) as h5:
             layouts[_header(h5, path)[2]].append(path)
     return dict(layouts)
 
@@ -84,7 +84,7 @@ def pooled_activations(paths, include_prompt=False):
     """
     pooled, rows, first = defaultdict(list), [], None
     for path in paths:
-        with h5py.File(path, "r") as h5:
+        with open_h5(path) as h5:
             model, indices, layout = _header(h5, path)
             first = first or (path, layout)
             if layout != first[1]:
