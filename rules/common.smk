@@ -36,6 +36,7 @@ except InputError as error:
 
 
 LOG_TAIL_LINES = 12
+INPUT_ERROR = "llm_introspection.errors.InputError: "
 
 
 def failed_jobs():
@@ -49,16 +50,25 @@ def failed_jobs():
                 yield member
 
 
+def failure_reason(lines):
+    """What a failed job's log says went wrong: the message of an InputError (it names the file,
+    key or model), else the log's last lines (the traceback)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith(INPUT_ERROR)]
+    if starts:
+        return [lines[starts[-1]].removeprefix(INPUT_ERROR), *lines[starts[-1] + 1 :]]
+    return lines[-LOG_TAIL_LINES:] or ["(the log is empty)"]
+
+
 def print_failed_logs():
-    """Print the last lines of every failed job's log (its script's traceback ends with the reason)."""
+    """Print, for every failed job, the reason its log gives."""
     for job in failed_jobs():
         for path in map(Path, job.log):
             lines = (
                 path.read_text(errors="replace").splitlines() if path.exists() else []
             )
             print(
-                f"\nJob {job.rule.name} failed; the last lines of its log {path}:",
-                *(f"    {line}" for line in lines[-LOG_TAIL_LINES:] or ["(empty)"]),
+                f"\nJob {job.rule.name} failed (log: {path}):",
+                *(f"    {line}" for line in failure_reason(lines)),
                 sep="\n",
                 file=sys.stderr,
             )

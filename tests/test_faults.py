@@ -268,5 +268,5 @@ def test_a_truncated_input_fails_its_job_with_the_file_and_cure_in_the_terminal(
     result = snakemake(study, "results/statistics/entropy_statistics_enhanced.csv", check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "Job entropy_statistics failed; the last lines of its log results/logs/entropy_statistics.log:" in output
+    assert "Job entropy_statistics failed (log: results/logs/entropy_statistics.log):\n    results/entropy/tiny/" in output
     assert re.search(cure(TARGET, "generate"), output), output[-3000:]
