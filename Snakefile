@@ -25,6 +25,10 @@ include: "rules/injection.smk"
 include: "rules/report.smk"
 
 
+onerror:
+    print_failed_logs()
+
+
 localrules:
     all,
 

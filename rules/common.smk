@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from llm_introspection.config import validate
 from llm_introspection.errors import InputError
 from llm_introspection.injection import texts as injection_texts
+from llm_introspection.models_check import check_models
 from llm_introspection.prompts import load_prompt_set, select_prompt_ids
 from llm_introspection.records import base_instruct_pairs, condition
 from llm_introspection import registry
@@ -17,10 +18,12 @@ from llm_introspection.study.rubric import load_rubric
 
 EXPERIMENTS = registry.EXPERIMENTS
 
-# Everything a run reads is validated here, before any job: the config, the prompts and every
-# configured resource file (each loader checks its file against its own schema).
+# Everything a run reads is validated here, before any job: the config, the prompts, every
+# configured resource file (each loader checks its file against its own schema) and the models'
+# sources (there, and custom code only where trusted; no weights are loaded).
 try:
     validate(config, "config", "the config")
+    check_models(config["models"])
     PROMPTS = load_prompt_set(config["prompts"]["dir"])
     PROMPT_IDS = select_prompt_ids(config["prompts"], PROMPTS)
     load_lexicon(config["coding"]["lexicon"])
@@ -31,6 +34,45 @@ try:
             getattr(injection_texts, registry.RESOURCES[key])(path)
 except InputError as error:
     raise WorkflowError(str(error)) from None
+
+
+LOG_TAIL_LINES = 12
+INPUT_ERROR = "llm_introspection.errors.InputError: "
+
+
+def failed_jobs():
+    """This run's failed jobs; of a failed group job, the members whose outputs are missing."""
+    for job in workflow.scheduler.failed:
+        if not job.is_group():
+            yield job
+            continue
+        for member in job.jobs:
+            if not all(Path(path).exists() for path in member.output):
+                yield member
+
+
+def failure_reason(lines):
+    """What a failed job's log says went wrong: the message of an InputError (it names the file,
+    key or model), else the log's last lines (the traceback)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith(INPUT_ERROR)]
+    if starts:
+        return [lines[starts[-1]].removeprefix(INPUT_ERROR), *lines[starts[-1] + 1 :]]
+    return lines[-LOG_TAIL_LINES:] or ["(the log is empty)"]
+
+
+def print_failed_logs():
+    """Print, for every failed job, the reason its log gives."""
+    for job in failed_jobs():
+        for path in map(Path, job.log):
+            lines = (
+                path.read_text(errors="replace").splitlines() if path.exists() else []
+            )
+            print(
+                f"\nJob {job.rule.name} failed (log: {path}):",
+                *(f"    {line}" for line in failure_reason(lines)),
+                sep="\n",
+                file=sys.stderr,
+            )
 
 
 def canonical(value):

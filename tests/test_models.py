@@ -27,7 +27,7 @@ def test_tiny_random_is_reproducible(tokenizer_dir, tmp_path):
 
 def test_local_directory_loads_in_place(tiny_llama_dir, tmp_path):
     manifest = prepare_model("local", spec_for({"kind": "local", "path": str(tiny_llama_dir)}), tmp_path)
-    assert manifest["load_path"] == str(tiny_llama_dir.resolve())
+    assert manifest["load_path"] == str(tiny_llama_dir)
     assert manifest["revision"].startswith("sha256:")
     model = load_model(manifest, "cpu", torch.bfloat16)
     assert model.dtype == torch.bfloat16 and load_tokenizer(manifest).chat_template

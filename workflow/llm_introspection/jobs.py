@@ -17,7 +17,7 @@ from .batching import PAD_ID
 from .models import load_model, load_tokenizer, prepare_model, resolve_device, resolve_dtype
 from .prompts import TEMPLATE_DATE, load_prompt, render_prompt, uses_chat_template
 from .records import completion_rows, weight_noise_name
-from .sampling import STAT_NAMES, SamplingParams, eos_token_ids, sample_completions
+from .sampling import STAT_NAMES, SamplingParams, check_context, eos_token_ids, sample_completions
 from .storage import atomic_h5, read_json, set_attrs, versions, write_csv, write_json
 from .study.judge import score_completions
 from .study.rubric import load_rubric
@@ -70,6 +70,7 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
     prompts = [load_prompt(path) for path in prompt_paths]  # validated when the workflow parsed them
     _check_paths_follow([p.id for p in prompts], generation_paths, entropy_paths)
     rendered = [render_prompt(p, tokenizer, record["variant"], record["frame"], record["name"]) for p in prompts]
+    check_context(model, record["name"], {p.id: len(ids) for p, (_, ids) in zip(prompts, rendered)}, gen["max_new_tokens"])
     seeds = [gen["seed"] + rep for rep in range(gen["reps"])]
     started = time.perf_counter()
     completions = sample_completions(

@@ -5,16 +5,15 @@ a safetensors directory; `load_model` loads any manifest onto a device in a dtyp
 """
 
 import hashlib
-import json
 import importlib
-import importlib.util
 import shutil
 from pathlib import Path
 
 import torch
 
 from .errors import InputError
-from .storage import atomic_path, versions
+from .models_check import package_locations, packaged_file
+from .storage import atomic_path, read_json, remove_stale_temporaries, versions
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -59,18 +58,11 @@ def _file_sha256(path):
 
 def _locate_packaged_gguf(source, work_dir):
     """Path of a GGUF shipped in a package; assembled from chunks when the source says so."""
-    package = source["package"]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"package {package!r} is not installed (see the README's setup)")
-    if source["assemble"]:
-        module = importlib.import_module(package)
-        return Path(module.assemble(output_path=Path(work_dir) / source["file"]))
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / source["file"]
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"package {package!r} has no file {source['file']!r}")
+    if not source["assemble"]:
+        return packaged_file(source["package"], source["file"])
+    package_locations(source["package"])  # installed, or InputError
+    module = importlib.import_module(source["package"])
+    return Path(module.assemble(output_path=Path(work_dir) / source["file"]))
 
 
 def _save_clean(model, tokenizer, out_dir):
@@ -119,6 +111,7 @@ def prepare_model(name, spec, out_dir):
 
     GGUF and tiny random sources become a safetensors directory `out_dir/weights`; Hub
     sources are downloaded into the Hugging Face cache; local directories are used in place.
+    Paths in the manifest are as given (relative to the working directory when relative).
     """
     source = spec["source"]
     kind = source["kind"]
@@ -134,10 +127,12 @@ def prepare_model(name, spec, out_dir):
             load_path = Path(source["path"])
             if not (load_path / "config.json").is_file():
                 raise InputError(f"{load_path} has no config.json (not a save_pretrained directory)")
-            manifest.update(load_path=str(load_path.resolve()), revision=f"sha256:{_fingerprint(load_path)}")
+            # as the config names it (relative to the working directory), so a moved study still finds it
+            manifest.update(load_path=str(load_path), revision=f"sha256:{_fingerprint(load_path)}")
         else:
             if weights.exists():
                 shutil.rmtree(weights)
+            remove_stale_temporaries([weights])
             if kind == "tiny_random":
                 with atomic_path(weights) as tmp:
                     _build_tiny_random(source, tmp)
@@ -169,7 +164,7 @@ def prepare_model(name, spec, out_dir):
 
 
 def _read_config(load_path):
-    config = json.loads((Path(load_path) / "config.json").read_text())
+    config = read_json(Path(load_path) / "config.json")
     return config if "num_hidden_layers" in config else config.get("text_config", config)
 
 

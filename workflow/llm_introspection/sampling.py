@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .batching import left_pad
+from .errors import InputError
 
 # The nucleus is searched among this many top tokens first; a full sort only when it is wider.
 _NUCLEUS_CANDIDATES = 1024
@@ -32,6 +33,25 @@ class SamplingParams:
 
 # Per generated token, from the very logits it was sampled from (nats; log-probabilities natural).
 STAT_NAMES = ("entropy_t1", "entropy_sampling", "topk_mass", "logprob_t1", "logprob_sampling")
+
+
+def check_context(model, name: str, prompt_lengths: dict[str, int], max_new_tokens: int) -> None:
+    """Raise InputError, naming the model, the prompts and the lengths, when a prompt and the
+    tokens asked for do not fit the model's context (max_position_embeddings)."""
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if context is None:
+        return
+    over = [
+        f"prompt {prompt} is {length} tokens + {max_new_tokens} new = {length + max_new_tokens}"
+        for prompt, length in prompt_lengths.items()
+        if length + max_new_tokens > context
+    ]
+    if over:
+        raise InputError(
+            f"model {name}: its context (max_position_embeddings) is {context} tokens, but "
+            + "; ".join(over)
+            + ": shorten the prompt or lower generation.max_new_tokens"
+        )
 
 
 @dataclass(frozen=True)

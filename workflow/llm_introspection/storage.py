@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -10,13 +11,81 @@ from importlib import metadata
 from pathlib import Path
 
 import h5py
+import pandas as pd
 
 from . import __version__
+from .errors import InputError
 
 _PACKAGES = (
     "torch", "transformers", "accelerate", "numpy", "h5py", "gguf", "safetensors", "scipy", "pandas",
     "statsmodels", "pingouin", "scikit-learn", "umap-learn", "matplotlib", "seaborn",
 )
+
+
+# The rule that writes each kind of workflow file, by the start of its path (first match wins).
+_PRODUCERS = (
+    ("results/models/", "prepare_model"),
+    ("results/generations/", "generate"),
+    ("results/entropy/", "generate"),
+    ("results/activations/", "trace"),
+    ("results/coding/keyword/", "code_keywords"),
+    ("results/judge/", "judge"),
+    ("results/injection/vectors/", "concept_vectors"),
+    ("results/injection/detection_graded/", "grade_injection"),
+    ("results/injection/", "inject"),
+    ("results/statistics/content_statistics.csv", "content_statistics"),
+    ("results/statistics/mixed_effects.json", "content_statistics"),
+    ("results/statistics/scaling_statistics.json", "content_statistics"),
+    ("results/statistics/entropy_", "entropy_statistics"),
+    ("results/statistics/agreement_statistics.json", "agreement_statistics"),
+    ("results/statistics/probing_statistics.json", "probes"),
+    ("results/probing/probes.csv", "probes"),
+    ("results/probing/embeddings.csv", "embeddings"),
+    ("results/statistics/injection_", "injection_statistics"),
+)
+
+
+def producer(path) -> tuple[str, str] | None:
+    """The rule that writes a workflow file and the output to force to rebuild it (a prepared
+    model's files: its manifest), from the file's path; None for a file no rule writes."""
+    match = re.search(r"(?:^|/)(results/.*)$", Path(path).as_posix())
+    if match is None:
+        return None
+    target = match.group(1)
+    for prefix, rule in _PRODUCERS:
+        if target.startswith(prefix):
+            if rule == "prepare_model":
+                target = "/".join(target.split("/")[:3]) + "/manifest.json"
+            return rule, target
+    return None
+
+
+def unreadable(path, error) -> InputError:
+    """The error for a file that cannot be decoded: it names the file and, for a workflow output,
+    the command (and rule) that rebuilds it."""
+    message = f"{path} is unreadable (truncated or corrupt: {type(error).__name__}: {error})"
+    found = producer(path)
+    if found:
+        rule, target = found
+        message += f": rebuild it with `snakemake --forcerun {target}` (rule {rule})"
+    return InputError(message)
+
+
+def remove_stale_temporaries(paths) -> list[Path]:
+    """Remove the '.tmp-PID-name' leftovers that killed jobs left of these outputs; return them."""
+    removed = []
+    for path in map(Path, paths):
+        pattern = re.compile(r"\.tmp-\d+-" + re.escape(path.name))
+        if not path.parent.is_dir():
+            continue
+        for stale in path.parent.iterdir():
+            if pattern.fullmatch(stale.name):
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
+                removed.append(stale)
+    return removed
 
 
 @contextmanager
@@ -57,7 +126,29 @@ def write_csv(path, table) -> None:
 
 
 def read_json(path):
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; one that does not decode raises `unreadable`."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise unreadable(path, error) from None
+
+
+def read_csv(path) -> pd.DataFrame:
+    """Read a CSV file; one that does not parse raises `unreadable`."""
+    try:
+        return pd.read_csv(path)
+    except ValueError as error:  # ParserError, EmptyDataError, UnicodeDecodeError
+        raise unreadable(path, error) from None
+
+
+@contextmanager
+def open_h5(path):
+    """Open an HDF5 file to read; one that does not open or read raises `unreadable`."""
+    try:
+        with h5py.File(path, "r") as handle:
+            yield handle
+    except OSError as error:  # h5py's error for a truncated or corrupt file or dataset
+        raise unreadable(path, error) from None
 
 
 @contextmanager

@@ -5,7 +5,9 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
 
 from llm_introspection.injection.jobs import run_concept_vectors
+from llm_introspection.storage import remove_stale_temporaries
 
+remove_stale_temporaries(snakemake.output)  # what a killed run of this job left
 run_concept_vectors(
     manifest_path=snakemake.input.manifest,
     layer_fraction=float(snakemake.wildcards.layer),

@@ -5,5 +5,7 @@ sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
 
 from llm_introspection.injection.statistics import run_injection_statistics
+from llm_introspection.storage import remove_stale_temporaries
 
+remove_stale_temporaries(snakemake.output)  # what a killed run of this job left
 run_injection_statistics(dict(snakemake.input.items()), dict(snakemake.output.items()), snakemake.params.seed)

@@ -21,14 +21,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from ..batching import PAD_ID, left_pad
 from ..errors import InputError
 from ..prompts import Prompt, render_prompt
-from ..storage import atomic_h5, set_attrs, versions
+from ..storage import atomic_h5, open_h5, set_attrs, versions
 from ..tracing import capture_residual
 
 METHODS = ("mean_subtraction", "contrastive", "random")
@@ -192,13 +191,10 @@ def _decoded(value):
 def load_vectors(path):
     """Read a file written by save_vectors."""
     path = Path(path)
-    try:
-        with h5py.File(path, "r") as h5:
-            attrs = {key: _decoded(value) for key, value in h5.attrs.items()}
-            vectors = h5["vectors"][()] if "vectors" in h5 else None
-            baseline = h5["baseline_vectors"][()] if "baseline_vectors" in h5 else None
-    except OSError as error:
-        raise InputError(f"{path}: not a readable HDF5 file: {error}") from None
+    with open_h5(path) as h5:
+        attrs = {key: _decoded(value) for key, value in h5.attrs.items()}
+        vectors = h5["vectors"][()] if "vectors" in h5 else None
+        baseline = h5["baseline_vectors"][()] if "baseline_vectors" in h5 else None
     missing = [key for key in ("model", "layer", "method", "names") if key not in attrs]
     if vectors is None or missing:
         raise InputError(f"{path}: not a concept vector file (missing {missing or 'dataset vectors'})")

@@ -14,7 +14,7 @@ import seaborn as sns  # noqa: E402
 
 from ..registry import EXPERIMENTS  # noqa: E402
 from ..prompts import PROMPT_TYPES  # noqa: E402
-from ..storage import atomic_path  # noqa: E402
+from ..storage import atomic_path, read_csv  # noqa: E402
 from ..study.coding import DIMENSIONS  # noqa: E402
 from ..study.rubric import DIMENSIONS as JUDGE_DIMENSIONS  # noqa: E402
 
@@ -204,22 +204,22 @@ def localization_answers(answers, path):
 
 def run_injection_figures(inputs, outputs):
     """The injection figures from the injection_*.csv tables (`inputs`: experiment -> path)."""
-    tables = {experiment: pd.read_csv(path) for experiment, path in inputs.items() if experiment in EXPERIMENTS}
+    tables = {experiment: read_csv(path) for experiment, path in inputs.items() if experiment in EXPERIMENTS}
     injection_sweep(tables, outputs["injection_sweep"])
     injection_heatmaps(tables, outputs["injection_heatmaps"])
     if "localization_answers" in outputs:
-        localization_answers(pd.read_csv(inputs["localization_answers"]), outputs["localization_answers"])
+        localization_answers(read_csv(inputs["localization_answers"]), outputs["localization_answers"])
 
 
 def run_figures(inputs, outputs, seed):
     """Every figure of the report from the analysis files (`inputs`) to the PNG paths (`outputs`)."""
-    coded = pd.concat([pd.read_csv(p) for p in inputs["coding"]], ignore_index=True)
-    judged = pd.concat([pd.read_csv(p) for p in inputs["judge"]], ignore_index=True)
+    coded = pd.concat([read_csv(p) for p in inputs["coding"]], ignore_index=True)
+    judged = pd.concat([read_csv(p) for p in inputs["judge"]], ignore_index=True)
     score_bars(coded, DIMENSIONS, DIMENSIONS, "Keyword coding", outputs["keyword_scores"], seed)
     score_bars(judged, [f"judge_{d}" for d in JUDGE_DIMENSIONS], JUDGE_DIMENSIONS, "LLM judge",
                outputs["judge_scores"], seed)
     agreement_matrix(coded, judged, DIMENSIONS, outputs["agreement"])
-    first_token_entropy(pd.read_csv(inputs["entropy_statistics"]), outputs["first_token_entropy"])
-    entropy_profiles(pd.read_csv(inputs["entropy_profiles"]), outputs["entropy_profiles"])
-    probe_accuracy(pd.read_csv(inputs["probes"]), outputs["probe_accuracy"])
-    activation_embeddings(pd.read_csv(inputs["embeddings"]), outputs["activation_embeddings"])
+    first_token_entropy(read_csv(inputs["entropy_statistics"]), outputs["first_token_entropy"])
+    entropy_profiles(read_csv(inputs["entropy_profiles"]), outputs["entropy_profiles"])
+    probe_accuracy(read_csv(inputs["probes"]), outputs["probe_accuracy"])
+    activation_embeddings(read_csv(inputs["embeddings"]), outputs["activation_embeddings"])

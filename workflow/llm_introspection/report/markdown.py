@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..registry import EXPERIMENTS
 from ..prompts import PROMPT_TYPES
-from ..storage import read_json, versions, write_text
+from ..storage import read_csv, read_json, versions, write_text
 from ..study.analysis import describe_by_model
 from ..study.coding import DIMENSIONS, labelled_agreement, load_labelled_examples, load_lexicon
 from ..study.rubric import DIMENSIONS as JUDGE_DIMENSIONS
@@ -290,10 +290,10 @@ def _injection(summary, settings, figures):
 def run_report(inputs, output_path, settings):
     """Write the markdown report from the workflow's files (`inputs`: named paths/lists)."""
     models = [read_json(path)["model"] for path in inputs["generations"]]
-    coded = pd.concat([pd.read_csv(p) for p in inputs["coding"]], ignore_index=True)
-    judged = pd.concat([pd.read_csv(p) for p in inputs["judge"]], ignore_index=True)
-    content = pd.read_csv(inputs["content"])
-    entropy = pd.read_csv(inputs["entropy"])
+    coded = pd.concat([read_csv(p) for p in inputs["coding"]], ignore_index=True)
+    judged = pd.concat([read_csv(p) for p in inputs["judge"]], ignore_index=True)
+    content = read_csv(inputs["content"])
+    entropy = read_csv(inputs["entropy"])
     agreement, probing = read_json(inputs["agreement"]), read_json(inputs["probing"])
     mixed, scaling = read_json(inputs["mixed_effects"]), read_json(inputs["scaling"])
     seed, n_resamples = settings["statistics"]["seed"], settings["statistics"]["bootstrap_resamples"]

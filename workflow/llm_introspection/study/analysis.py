@@ -6,12 +6,11 @@ No torch here: these rules run in the analysis environment.
 
 import json
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from ..records import completion_rows, condition_tables, design_columns
-from ..storage import versions, write_csv, write_json
+from ..storage import open_h5, read_csv, versions, write_csv, write_json
 from .clustered import VARIANCE_COMPONENTS, clustered_statistics, crossed_mixed_effects
 from .coding import DIMENSIONS, code_table, load_lexicon
 from .identity import pair_analysis
@@ -56,7 +55,7 @@ def run_content_statistics(coding_paths, outputs, settings):
     """content_statistics.csv (both conditions, completion and clustered rows), mixed_effects.json
     (family random intercept, and crossed model and prompt effects) and scaling_statistics.json
     (native frame) over all models."""
-    table = pd.concat([pd.read_csv(path) for path in coding_paths], ignore_index=True)
+    table = pd.concat([read_csv(path) for path in coding_paths], ignore_index=True)
     n_resamples, seed = settings["bootstrap_resamples"], settings["seed"]
     write_csv(outputs["content"], comparisons_by_condition(table, DIMENSIONS, n_resamples, seed))
     table = condition_tables(table)["native"]
@@ -81,7 +80,7 @@ def entropy_tables(entropy_paths):
     """Per completion (first-token and mean entropies) and per position (the profile) tables."""
     completions, positions = [], []
     for path in entropy_paths:
-        with h5py.File(path, "r") as h5:
+        with open_h5(path) as h5:
             design = design_columns(json.loads(h5.attrs["model"]), json.loads(h5.attrs["prompt"]))
             seeds, lengths = h5["seeds"][:], h5["n_tokens"][:]
             t1, sampling = h5["entropy_t1"][:], h5["entropy_sampling"][:]
@@ -131,8 +130,8 @@ def run_entropy_statistics(entropy_paths, outputs, settings):
 def run_agreement_statistics(coding_paths, judge_paths, output_path):
     """Keyword coder vs LLM judge (its argmax level) per shared dimension, over all models and per model."""
     keys = ["model", "prompt_id", "rep"]
-    coded = pd.concat([pd.read_csv(p) for p in coding_paths], ignore_index=True)
-    judged = pd.concat([pd.read_csv(p) for p in judge_paths], ignore_index=True)
+    coded = pd.concat([read_csv(p) for p in coding_paths], ignore_index=True)
+    judged = pd.concat([read_csv(p) for p in judge_paths], ignore_index=True)
     both = coded.merge(judged, on=keys, suffixes=("", "_judge"), validate="one_to_one")
     result = {"judge": sorted(judged["judge_model"].unique()), "rubric_sha256": sorted(judged["rubric_sha256"].unique()),
               "lexicon_sha256": sorted(coded["lexicon_sha256"].unique()), "versions": versions(), "dimensions": {}}
@@ -149,8 +148,8 @@ def run_agreement_statistics(coding_paths, judge_paths, output_path):
 def content_labels(coding_paths, judge_paths):
     """Per completion: the keyword self-reference level and the judge's introspective-depth argmax."""
     keys = ["model", "prompt_id", "rep"]
-    coded = pd.concat([pd.read_csv(p) for p in coding_paths], ignore_index=True)
-    judged = pd.concat([pd.read_csv(p) for p in judge_paths], ignore_index=True)
+    coded = pd.concat([read_csv(p) for p in coding_paths], ignore_index=True)
+    judged = pd.concat([read_csv(p) for p in judge_paths], ignore_index=True)
     labels = coded[keys + ["self_reference"]].rename(columns={"self_reference": "keyword_self_reference"})
     depth = judged[keys + ["judge_introspective_depth_argmax"]].rename(
         columns={"judge_introspective_depth_argmax": "judge_introspective_depth"})

@@ -12,7 +12,6 @@ import json
 import warnings
 from collections import defaultdict
 
-import h5py
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
@@ -28,6 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..errors import InputError
 from ..records import condition
+from ..storage import open_h5
 
 MODEL_FIELDS = ("family", "size_b", "variant", "frame", "hidden_size", "n_layers")
 
@@ -60,7 +60,7 @@ def file_models(paths):
     """The model record (the reading model) of each activation file."""
     models = []
     for path in paths:
-        with h5py.File(path, "r") as h5:
+        with open_h5(path) as h5:
             models.append(_header(h5, path)[0])
     return models
 
@@ -71,7 +71,7 @@ def activation_layouts(paths):
     Files of one layout can be pooled together (`pooled_activations`)."""
     layouts = defaultdict(list)
     for path in paths:
-        with h5py.File(path, "r") as h5:
+        with open_h5(path) as h5:
             layouts[_header(h5, path)[2]].append(path)
     return dict(layouts)
 
@@ -105,7 +105,7 @@ def pooled_activations(paths, pooling="completion"):
         raise InputError(f"unknown pooling {pooling!r}: use one of {POOLINGS}")
     pooled, rows, first = defaultdict(list), [], None
     for path in paths:
-        with h5py.File(path, "r") as h5:
+        with open_h5(path) as h5:
             model, indices, layout = _header(h5, path)
             first = first or (path, layout)
             if layout != first[1]:
@@ -140,7 +140,7 @@ def completion_tokens(paths):
     of space-separated ids per completion: a table with model, prompt_id, rep and tokens."""
     rows = []
     for path in paths:
-        with h5py.File(path, "r") as h5:
+        with open_h5(path) as h5:
             model = json.loads(_attr(h5, "model", path))["name"]
             for name in sorted(n for n in h5 if n.startswith("rep_")):
                 if "token_ids" not in h5[name]:
