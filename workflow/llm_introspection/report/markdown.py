@@ -191,6 +191,13 @@ def caveats(models, coded, judged, content, settings):
     found.append(f"{per_type} prompt(s) per type and {settings['generation']['reps']} samples per prompt: samples of "
                  "one prompt are not independent, so the prompt is the unit that limits generalisation (probe folds "
                  "are grouped by prompt; the mixed models' random effect is the family).")
+    framed = coded[(coded["variant"] == "base") | (coded["condition"] == "shared_frame")]
+    if not framed.empty:
+        cut = framed["stop_reason"].eq("frame_end").groupby(framed["model"], sort=True).agg(cut="sum", n="size")
+        found.append("Completions of a base frame end where the model starts the frame's next turn (a line that "
+                     "begins with one of the prompt's `base_end_labels`, e.g. 'Interviewer:'): cut there were "
+                     + ", ".join(f"{r.cut} of {r.n} ({r.model})" for r in cut.reset_index().itertuples())
+                     + " (stop_reason frame_end); keywords, judge, trace and probes read only the text before the cut.")
     mass = judged[[f"judge_{d}_option_mass" for d in JUDGE_DIMENSIONS]].to_numpy().mean()
     found.append(f"The judge put on average {mass:.0%} of its next-token probability on the allowed answers 0-3; "
                  "scores are its expectation over those answers. A small judge is a weak rater: read the agreement "
