@@ -90,6 +90,7 @@ def write_study(directory, models, **overrides):
     if not (directory / "prompts").exists():
         shutil.copytree(REPO / "resources/prompts", directory / "prompts")
         shutil.copy(REPO / "resources/lexicons/coding.yaml", directory / "lexicon.yaml")
+        shutil.copy(REPO / "resources/lexicons/labelled_examples.yaml", directory / "labelled_examples.yaml")
     config = {
         "study": "test",
         "models": models,
@@ -97,7 +98,7 @@ def write_study(directory, models, **overrides):
         "generation": {"reps": 2, "max_new_tokens": 6, "batch_size": 4},
         "trace": {"layer_fractions": [0.0, 0.5, 1.0], "batch_size": 4},
         "jobs": {"granularity": "model"},
-        "coding": {"lexicon": "lexicon.yaml"},
+        "coding": {"lexicon": "lexicon.yaml", "labelled_examples": "labelled_examples.yaml"},
         "judge": {"model": judge_of(models), "rubric": str(REPO / "resources/judge/rubric.yaml"), "batch_size": 8},
         "statistics": {"bootstrap_resamples": 1000},
         "probing": {"n_permutations": 5},

@@ -236,10 +236,13 @@ def _injection_rows(tables):
 def _injection(summary, settings, figures):
     tables = summary["tables"]
     margins = pd.DataFrame(tables.get("localization_margins", []))
+    own = sorted({EXPERIMENTS[e].layers for e in settings["experiments"]} - {"layer_fractions"})  # own sweeps
+    own_layers = "".join(f" ({', '.join(e for e in settings['experiments'] if EXPERIMENTS[e].layers == key)}: "
+                         f"{settings[key]})" for key in own)
     sections = [
         "## Concept injection",
         f"Models {', '.join(settings['models'])}; {settings['vector_method']} vectors of the first "
-        f"{settings['n_concepts']} concepts, injected at layer fractions {settings['layer_fractions']} with strengths "
+        f"{settings['n_concepts']} concepts, injected at layer fractions {settings['layer_fractions']}{own_layers} with strengths "
         f"{settings['strengths']} x the layer's mean residual norm (first position excluded). Rates with Wilson "
         "intervals; p against chance by exact binomial tests, Holm within each cell.",
         *[_figure(name, caption) for name, caption in figures],
