@@ -237,7 +237,9 @@ def number(value):
     return f"{value:g}"
 
 
-INJECTION_LAYERS = [number(f) for f in INJECTION["layer_fractions"]]
+def injection_layers(experiment):
+    """The layer fractions of an experiment's cells, from its own key of the injection block."""
+    return [number(f) for f in INJECTION[EXPERIMENTS[experiment].layers]]
 
 
 def injection_strengths(experiment):
@@ -253,7 +255,7 @@ def injection_cells(experiment):
         "results/injection/{folder}/{model}/layer{layer}_strength{strength}.json",
         folder=EXPERIMENTS[experiment].folder,
         model=INJECTION["models"],
-        layer=INJECTION_LAYERS,
+        layer=injection_layers(experiment),
         strength=injection_strengths(experiment),
     )
 

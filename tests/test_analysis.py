@@ -69,14 +69,33 @@ def test_first_token_entropy_counts_once_per_prompt(entropy_files, tmp_path):
 def test_keyword_coding_codes_every_completion(tmp_path):
     texts = ["As an AI language model, I don't have feelings, and I'm not sure what I notice.", "Tides follow the moon."]
     generation = header("m", "instruct", "fam", "p1", "self_reference") | {
-        "reps": [{"rep": r, "seed": 42 + r, "text": t} for r, t in enumerate(texts)]}
+        "reps": [{"rep": r, "seed": 42 + r, "stop_reason": s, "text": t}
+                 for r, (t, s) in enumerate(zip(texts, ["eos", "frame_end"]))]}
     write_json(tmp_path / "p1.json", generation)
     run_code_keywords([tmp_path / "p1.json"], LEXICON, tmp_path / "m.csv")
     table = pd.read_csv(tmp_path / "m.csv")
     lexicon = load_lexicon(LEXICON)
     assert table["rep"].tolist() == [0, 1] and set(table["lexicon_sha256"]) == {lexicon.sha256}
+    assert table["stop_reason"].tolist() == ["eos", "frame_end"]
     for text, (_, row) in zip(texts, table.iterrows()):
         expected = code_text(text, lexicon)
         assert [row[d] for d in ("self_reference", "meta_cognition", "hedging")] == [
             expected[d] for d in ("self_reference", "meta_cognition", "hedging")]
     assert table.loc[0, "self_reference"] >= 1 and table.loc[1, "self_reference"] == 0
+
+
+def test_the_report_counts_the_completions_cut_at_a_frame_end_per_model_of_a_base_frame():
+    from llm_introspection.report.markdown import caveats
+    from llm_introspection.study.rubric import DIMENSIONS as JUDGE_DIMENSIONS
+
+    reasons = {("b", "base", "native"): ["frame_end", "frame_end", "max_new_tokens"],
+               ("i", "instruct", "native"): ["eos", "eos"],
+               ("i-base-frame", "instruct", "shared_frame"): ["frame_end", "eos"]}
+    coded = pd.DataFrame([{"model": m, "variant": v, "condition": c, "prompt_id": "p1", "prompt_type": "self_reference",
+                           "stop_reason": r} for (m, v, c), rs in reasons.items() for r in rs])
+    judged = pd.DataFrame({f"judge_{d}_option_mass": [0.5] for d in JUDGE_DIMENSIONS} | {"judge_truncated": [False]})
+    content = pd.DataFrame({"comparison": ["descriptive"], "n_a": [2]})
+    models = [{"name": m, "size_b": 1.0} for m, _, _ in reasons]
+    found = caveats(models, coded, judged, content, {"generation": {"reps": 3}, "judge": {"model": "j"}})
+    (cut,) = [c for c in found if "frame_end" in c]
+    assert "cut there were 2 of 3 (b), 1 of 2 (i-base-frame) (stop_reason frame_end)" in cut

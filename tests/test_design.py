@@ -8,8 +8,10 @@ from conftest import CONFIG_SCHEMA, REPO
 from llm_introspection.config import read_yaml, validate
 from llm_introspection.errors import InputError
 from llm_introspection.prompts import (
-    PROMPT_TYPES, TEMPLATE_DATE, Prompt, load_prompt_set, render_prompt, select_prompt_ids,
+    PROMPT_TYPES, TEMPLATE_DATE, Prompt, answer_end_labels, load_prompt, load_prompt_set, render_prompt,
+    select_prompt_ids,
 )
+from llm_introspection.sampling import answer_end
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +84,40 @@ def test_selection_by_type_and_by_id(prompts):
 
 
 def test_id_must_match_the_file_name(tmp_path):
-    (tmp_path / "a.yaml").write_text("id: b\ntype: topic_control\ninstruct: x\nbase: y\n")
+    (tmp_path / "a.yaml").write_text("id: b\ntype: topic_control\ninstruct: x\nbase: y\nbase_end_labels: []\n")
     with pytest.raises(InputError, match=r"a.yaml: key 'id' is 'b', expected 'a'"):
         load_prompt_set(tmp_path)
+
+
+def test_every_base_frame_declares_where_its_answer_ends(prompts, tokenizer_dir):
+    """Each frame's end labels start lines of the frame (its own speaker or section labels, the
+    answer's own label last); a completion of the rendered base frame that invents the next turn
+    ends before it; under the chat template no label applies."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    for prompt in prompts.values():
+        lines = prompt.base.splitlines()
+        assert prompt.base_end_labels in (("Interviewer:", "AI:"), ("Question:", "Answer:")), prompt.id
+        assert all(any(line.startswith(label) for line in lines) for label in prompt.base_end_labels)
+        assert lines[-1] == prompt.base_end_labels[-1]
+        text, _ = render_prompt(prompt, tokenizer, "base", "native", "m")
+        for label in prompt.base_end_labels:
+            completion = f" A short answer.\n{label} an invented turn"
+            assert text + completion == prompt.base + completion
+            assert completion[: answer_end(completion, prompt.base_end_labels)] == " A short answer.\n"
+        assert answer_end_labels(prompt, "base", "native") == prompt.base_end_labels
+        assert answer_end_labels(prompt, "instruct", "base") == prompt.base_end_labels  # the shared frame
+        assert answer_end_labels(prompt, "instruct", "native") == ()
+
+
+def test_an_end_label_must_start_a_line_of_the_frame(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text('id: p\ntype: topic_control\ninstruct: x\nbase: "Q: x\\nA:"\nbase_end_labels: ["Q:", "Answer:"]\n')
+    with pytest.raises(InputError, match=r"p.yaml: key 'base_end_labels': 'Answer:' starts no line of the base frame"):
+        load_prompt(path)
+    path.write_text('id: p\ntype: topic_control\ninstruct: x\nbase: "Q: x\\nA:"\nbase_end_labels: ["Q:", "A:"]\n')
+    assert load_prompt(path).base_end_labels == ("Q:", "A:")
 
 
 def test_rendering_uses_the_chat_template_only_for_native_instruct(tokenizer_dir):

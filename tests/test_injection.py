@@ -1,6 +1,7 @@
 """Concept injection experiments: resources, prompts, steered readouts and sampling, records, grading."""
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -129,7 +130,9 @@ def test_resources_validate(det, loc, rubric, thought):
     assert det.wordings[0] == det.question and len(det.wordings) == 13
     assert len(det.control_questions) == len(det.leak_requests) == 12 and det.leak_prefill == "Sure. The word is"
     assert loc.n_sentences == 5 and loc.introspection == "locate"
-    assert set(loc.questions) == {"locate", "prefer", "abstract", "stands_out"}
+    assert set(loc.questions) == {"locate", "prefer", "abstract", "stands_out", "first", "last"}
+    assert (loc.preamble, loc.acknowledgement) == (det.preamble, "Ok.")  # Godet: Lindsey's preamble, "Ok."
+    assert loc.questions["locate"].prefill == "Yes, I detect an injected thought. It is located in SENTENCE"
     assert all(q.prefill.endswith("SENTENCE") for q in loc.questions.values())
     assert tuple(rubric.criteria) == CRITERIA and rubric.options == ("Yes", "No")
     assert tuple(thought.instructions) == INSTRUCTIONS and thought.intent_answer.options == ("Yes", "No")
@@ -201,14 +204,30 @@ def test_detection_prompt_injects_from_the_question_on(llama, det, chat):
         assert text.endswith("\n\nAssistant: Answer:")
 
 
-def test_localization_prompt_spans_cover_each_sentence(llama, loc):
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "transcript"])
+@pytest.mark.parametrize("preamble", [True, False], ids=["preamble", "one_message"])
+def test_localization_prompt_order_and_sentence_spans(llama, loc, chat, preamble):
+    """Godet's order (preamble, "Ok.", the sentences and the question, the prefill), or one user
+    message without the preamble; each span decodes to exactly its sentence, in the trial's turn."""
     _, tokenizer = llama
+    texts = loc if preamble else dataclasses.replace(loc, preamble=None, acknowledgement=None)
     chosen = list(SENTENCES[10:15])
-    ids, spans = localization_prompt(tokenizer, loc, chosen, "prefer", True, loc.questions["prefer"].prefill)
+    prefill = answer_start(loc.questions["locate"].prefill, chat)
+    ids, spans = localization_prompt(tokenizer, texts, chosen, "locate", chat, prefill)
+    text = tokenizer.decode(ids)
     assert [tokenizer.decode(ids[a:b]).strip() for a, b in spans] == chosen
     assert all(b <= c for (_, b), (c, _) in zip(spans, spans[1:]))
-    assert "SENTENCE 3: " + chosen[2] in tokenizer.decode(ids)
-    assert tokenizer.decode(ids).endswith("The sentence I prefer is SENTENCE")
+    trial = text.index("Here are 5 sentences")
+    assert len(tokenizer.decode(ids[: spans[0][0]])) > trial  # the first sentence is in the trial's turn
+    assert text.index("SENTENCE 3: " + chosen[2]) < text.index(loc.questions["locate"].question) < len(text) - len(prefill)
+    assert text.endswith("Yes, I detect an injected thought. It is located in SENTENCE")
+    users = text.count("<|im_start|>user") if chat else text.count("User: ")
+    assert users == (2 if preamble else 1)
+    if preamble:
+        ack = "<|im_start|>assistant\nOk.<|im_end|>" if chat else "\n\nAssistant: Ok.\n\nUser: Here are"
+        assert text.index(loc.preamble) < text.index(ack) < trial
+    else:
+        assert "researcher" not in text and "Ok." not in text
 
 
 def test_token_span_maps_characters_to_tokens():
@@ -527,7 +546,7 @@ def test_localization_records_are_complete_and_reproducible(llama, loc, tmp_path
     cell = random_cell(model, tokenizer, tmp_path)
     run = dict(sentences=SENTENCES, n_trials=4, n_sentences=3, batch_size=16)
     records = run_localization(model, tokenizer, cell, loc, seed=1, **run)
-    assert len(records) == 4 * 4 * (2 * 3 + 1)
+    assert len(records) == 4 * len(loc.questions) * (2 * 3 + 1)
     assert records == run_localization(model, tokenizer, cell, loc, seed=1, **run)
     other = run_localization(model, tokenizer, cell, loc, seed=2, **run)
     assert [r["sentence_ids"] for r in records] != [r["sentence_ids"] for r in other]
@@ -548,7 +567,7 @@ def test_localization_records_are_complete_and_reproducible(llama, loc, tmp_path
     table = read_records([path])
     assert len(table) == len(records) and table["strength_relative"].eq(cell.strength).all()
     header = json.loads(path.read_text())
-    assert header["texts"] == {"path": str(LOCALIZATION), "version": 1, "sha256": loc.sha256}
+    assert header["texts"] == {"path": str(LOCALIZATION), "version": 2, "sha256": loc.sha256}
     assert header["vectors"]["layer"] == 2 and header["n_records"] == len(records) and header["versions"]["torch"]
 
 

@@ -24,6 +24,7 @@ RESOURCES = {
 def injection_settings(**overrides):
     return {
         "models": ["tiny-base", "tiny-instruct"], "experiments": EXPERIMENTS, "layer_fractions": [0.5],
+        "localization_layer_fractions": [0.5],
         "strengths": [1, 4], "n_concepts": 3, "n_trials": 2, "n_sentences": 3, "max_new_tokens": 4,
         "resources": {key: str(REPO / "resources" / path) for key, path in RESOURCES.items()}, **overrides,
     }
@@ -72,7 +73,8 @@ def test_every_cell_and_table_is_written(injection_study):
 
 def test_extending_the_sweep_adds_cells_and_reruns_none(injection_study, tokenizer_dir):
     write_study(injection_study, tiny_models(tokenizer_dir),
-                injection=injection_settings(strengths=[1, 4, 8], layer_fractions=[0.5, 1.0]))
+                injection=injection_settings(strengths=[1, 4, 8], layer_fractions=[0.5, 1.0],
+                                             localization_layer_fractions=[0.5, 1.0]))
     jobs = [(rule, w) for rule, w in planned(snakemake(injection_study, "--dry-run"))
             if rule in ("concept_vectors", "inject", "grade_injection")]
     existing = [w for _, w in jobs if "layer=0.5," in w and ("strength=1" in w or "strength=4" in w)]
@@ -91,3 +93,15 @@ def test_contrastive_vectors_with_word_experiments_fail_naming_the_key(tokenizer
     result = snakemake(tmp_path, "--dry-run", check=False)
     assert result.returncode != 0 and "config key 'injection.vector_method'" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_localization_runs_its_own_layer_sweep(tokenizer_dir, tmp_path):
+    write_study(tmp_path, tiny_models(tokenizer_dir), injection=injection_settings(
+        models=["tiny-instruct"], experiments=["detection_logits", "localization"], strengths=[1],
+        localization_layer_fractions=[0.25, 0.5]))
+    jobs = planned(snakemake(tmp_path, "--dry-run"))
+    cells = sorted(w for rule, w in jobs if rule == "inject")
+    assert cells == [f"experiment={e}, model=tiny-instruct, layer={layer}, strength=1" for e, layer in
+                     (("detection_logits", "0.5"), ("localization", "0.25"), ("localization", "0.5"))]
+    assert sorted(w for rule, w in jobs if rule == "concept_vectors") == [
+        "model=tiny-instruct, layer=0.25", "model=tiny-instruct, layer=0.5"]

@@ -30,6 +30,7 @@ def test_each_experiment_names_a_runner_its_resources_settings_and_statistics(na
     assert set(spec.settings) | ({"params"} if spec.samples else set()) <= set(parameters)
     assert set(spec.resources) <= set(registry.RESOURCES)
     assert set(spec.settings) <= set(INJECTION_SCHEMA)
+    assert INJECTION_SCHEMA[spec.layers]["items"] == {"type": "number", "minimum": 0, "maximum": 1}
     assert callable(getattr(statistics, spec.statistics))
     assert ("seed" in inspect.signature(getattr(statistics, spec.statistics)).parameters) == spec.statistics_seeded
 

@@ -15,7 +15,7 @@ from transformers.utils import logging as transformers_logging
 
 from .batching import PAD_ID
 from .models import load_model, load_tokenizer, prepare_model, resolve_device, resolve_dtype
-from .prompts import TEMPLATE_DATE, load_prompt, render_prompt, uses_chat_template
+from .prompts import TEMPLATE_DATE, answer_end_labels, load_prompt, render_prompt, uses_chat_template
 from .records import completion_rows, weight_noise_name
 from .sampling import STAT_NAMES, SamplingParams, check_context, eos_token_ids, sample_completions
 from .storage import atomic_h5, read_json, set_attrs, versions, write_csv, write_json
@@ -62,7 +62,8 @@ def open_model(manifest_path, runtime, threads):
 
 def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, study, settings, threads):
     """Sample settings['generation']['reps'] completions of every prompt; write one JSON and one
-    entropy HDF5 per prompt (the lists of paths are parallel)."""
+    entropy HDF5 per prompt (the lists of paths are parallel). A completion of a base frame ends
+    before the first line that starts with one of the frame's end labels (stop_reason frame_end)."""
     gen = settings["generation"]
     model, manifest, record, load_s = open_model(manifest_path, settings["runtime"], threads)
     tokenizer = load_tokenizer(manifest)
@@ -71,6 +72,7 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
     _check_paths_follow([p.id for p in prompts], generation_paths, entropy_paths)
     rendered = [render_prompt(p, tokenizer, record["variant"], record["frame"], record["name"]) for p in prompts]
     check_context(model, record["name"], {p.id: len(ids) for p, (_, ids) in zip(prompts, rendered)}, gen["max_new_tokens"])
+    end_labels = [answer_end_labels(p, record["variant"], record["frame"]) for p in prompts]
     seeds = [gen["seed"] + rep for rep in range(gen["reps"])]
     started = time.perf_counter()
     completions = sample_completions(
@@ -82,6 +84,8 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
         PAD_ID,
         gen["batch_size"],
         gen["top_k_mass"],
+        [labels for labels in end_labels for _ in seeds],
+        lambda rows: tokenizer.batch_decode(rows, skip_special_tokens=True),
     )
     generate_s = time.perf_counter() - started
     n_tokens = sum(len(c.token_ids) for c in completions)
@@ -96,6 +100,7 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
             "prompt": {
                 "id": prompt.id, "type": prompt.type, "text": text, "token_ids": prompt_ids,
                 "chat_template": uses_chat_template(record["variant"], record["frame"]), "template_date": TEMPLATE_DATE,
+                "end_labels": list(end_labels[index]),
             },
             "generation": gen,
             "versions": versions(),

@@ -4,7 +4,9 @@ One file per prompt (selected by the config); one place that decides how a messa
 model's input: `uses_chat_template` says whether a studied model reads its chat template (instruct
 models in their native frame) or a plain frame, and `chat_text` is the only call of a chat
 template, with the template's date pinned (TEMPLATE_DATE) so that a rendered prompt never depends
-on the day it was made. A judge or grader reads as an assistant: through its chat template
+on the day it was made. A base frame declares where its answer ends (`base_end_labels`: the
+next turn's speaker or section label); `answer_end_labels` says which labels end a completion as
+the model sees it. A judge or grader reads as an assistant: through its chat template
 whenever its tokenizer has one (`framed_ids`).
 """
 
@@ -28,6 +30,7 @@ class Prompt:
     type: str
     instruct: str
     base: str
+    base_end_labels: tuple[str, ...] = ()  # a line starting with one of these ends the base answer
 
 
 def load_prompt(path) -> Prompt:
@@ -36,7 +39,11 @@ def load_prompt(path) -> Prompt:
     data = validate(read_yaml(path), "prompt", f"prompt file {path}")
     if data["id"] != path.stem:
         raise InputError(f"prompt file {path}: key 'id' is {data['id']!r}, expected {path.stem!r}")
-    return Prompt(**data)
+    lines = data["base"].splitlines()
+    for label in data["base_end_labels"]:
+        if not any(line.startswith(label) for line in lines):
+            raise InputError(f"prompt file {path}: key 'base_end_labels': {label!r} starts no line of the base frame")
+    return Prompt(**data | {"base_end_labels": tuple(data["base_end_labels"])})
 
 
 def load_prompt_set(prompt_dir) -> dict[str, Prompt]:
@@ -69,6 +76,12 @@ def select_prompt_ids(prompt_config, prompts):
 def uses_chat_template(variant, frame):
     """Instruct models in their native frame get the chat template; everything else the base frame."""
     return variant == "instruct" and frame == "native"
+
+
+def answer_end_labels(prompt: Prompt, variant: str, frame: str) -> tuple[str, ...]:
+    """The labels whose line ends a completion of `prompt` as the model sees it: the base frame's;
+    none under the chat template, where the model's eos ends the answer."""
+    return () if uses_chat_template(variant, frame) else prompt.base_end_labels
 
 
 def render_prompt(prompt, tokenizer, variant, frame, model_name):

@@ -29,13 +29,15 @@ def design_columns(model, prompt):
 
 
 def completion_rows(generation_paths):
-    """One record per completion of the given generation files: the design columns and its text."""
+    """One record per completion of the given generation files: the design columns, its stop
+    reason and its text."""
     rows = []
     for path in generation_paths:
         generation = read_json(path)
         design = design_columns(generation["model"], generation["prompt"])
         for rep in generation["reps"]:
-            rows.append(design | {"rep": rep["rep"], "seed": rep["seed"], "text": rep["text"]})
+            rows.append(design | {"rep": rep["rep"], "seed": rep["seed"], "stop_reason": rep["stop_reason"],
+                                  "text": rep["text"]})
     return rows
 
 

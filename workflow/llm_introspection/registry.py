@@ -43,6 +43,7 @@ class Experiment:
     word_vectors: bool = True  # needs vectors named by concept word (not contrastive sentence pairs)
     strengths: bool = True  # False: nothing is injected; it runs at strength 0 only
     samples: bool = False  # samples answers: reads generation.temperature/top_p and max_new_tokens
+    layers: str = "layer_fractions"  # the injection key that lists the layer fractions of its cells
     graded: bool = False  # its records are graded by the judge (rule grade_injection) before statistics
     tables: dict[str, str] = field(default_factory=dict)  # output name -> key of the statistics' dict
     figures: tuple[str, ...] = ()  # figures of its own, beside the sweep and the heatmaps
@@ -79,7 +80,7 @@ EXPERIMENTS = {experiment.name: experiment for experiment in (
     Experiment(
         "localization", "localization", ("localization", "neutral_sentences"),
         ("n_trials", "seed", "batch_size", "n_sentences"), "localization_statistics",
-        Headline("accuracy", None, by_kind=True), word_vectors=False,
+        Headline("accuracy", None, by_kind=True), word_vectors=False, layers="localization_layer_fractions",
         tables={"localization": "accuracy", "localization_margins": "margins", "localization_answers": "answers"},
         figures=("localization_answers",),
     ),

@@ -4,10 +4,15 @@ Sequence i at step t takes the token where the cumulative sampling distribution 
 descending probability; in vocabulary order when top_p is 1) first exceeds u[i, t], with
 u[i] = torch.rand(max_new_tokens) from a generator seeded with its own seed. So a sample
 depends only on its own seed and the model's logits, never on its batch mates.
+A sequence ends at an eos token, at max_new_tokens, or, for a continuation frame, where its text
+starts a line with one of the frame's end labels (the next turn: answer_end); an ended sequence
+draws nothing more and takes no draw from any other, so it is the prefix of the same sequence
+run without the labels.
 Entropies and log-probabilities are taken from the same logits at the same step, so no
 full-vocabulary logits are kept and none are computed twice.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +62,7 @@ def check_context(model, name: str, prompt_lengths: dict[str, int], max_new_toke
 @dataclass(frozen=True)
 class Completion:
     token_ids: list
-    stop_reason: str  # "eos" (the eos token is the last id) or "max_new_tokens"
+    stop_reason: str  # "eos" (the eos token is the last id), "frame_end" (cut before an end label) or "max_new_tokens"
     stats: np.ndarray  # (len(token_ids), len(STAT_NAMES)) float32, columns as STAT_NAMES
 
 
@@ -122,8 +127,27 @@ def noise_streams(seeds, steps):
     return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds])
 
 
+def answer_end(text: str, labels: Sequence[str]) -> int | None:
+    """Where the answer in `text` ends: right after the newline that starts the first line
+    beginning with one of `labels`; None when no line does."""
+    found = [at for at in (text.find("\n" + label) for label in labels) if at >= 0]
+    return min(found) + 1 if found else None
+
+
+def answer_length(token_ids: list[int], labels: Sequence[str], decode: Callable) -> int:
+    """How many of `token_ids` the answer keeps: every token before the first one whose text
+    reaches past answer_end (all of them when no line starts with a label; at least one)."""
+    end = answer_end(decode([token_ids])[0], labels)
+    if end is None:
+        return len(token_ids)
+    length = len(token_ids)
+    while length > 1 and len(decode([token_ids[:length]])[0]) > end:
+        length -= 1
+    return length
+
+
 @torch.inference_mode()
-def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k):
+def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_labels, decode):
     from transformers import DynamicCache
 
     device = model.device
@@ -132,7 +156,10 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k):
     eos = torch.tensor(sorted(eos_ids), device=device)
     cache = DynamicCache(config=model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)
-    tokens, stats = [], []
+    watched = [row for row, labels in enumerate(end_labels) if labels]
+    # An end label spans at most as many tokens as it has bytes: the check decodes that many.
+    window = max((len(("\n" + label).encode()) for row in watched for label in end_labels[row]), default=0)
+    tokens, stats, frame_ends = [], [], {}  # frame_ends: row -> the step that completed its end label
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for step in range(params.max_new_tokens):
         chosen, step_stats = sample_step(out.logits[:, -1], uniforms[:, step], params, top_k)
@@ -140,6 +167,14 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k):
         token = torch.where(finished, pad_id, chosen)
         tokens.append(token)
         finished |= torch.isin(token, eos)
+        if watched:
+            done = finished.tolist()
+            running = [row for row in watched if not done[row]]
+            recent = torch.stack(tokens[-window:], dim=1)[running].tolist() if running else []
+            ended = [row for row, text in zip(running, decode(recent)) if answer_end(text, end_labels[row]) is not None]
+            if ended:
+                frame_ends.update(dict.fromkeys(ended, step))
+                finished[ended] = True
         if bool(finished.all()) or step + 1 == params.max_new_tokens:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -148,20 +183,32 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k):
     tokens = torch.stack(tokens, dim=1).tolist()
     stats = torch.stack(stats, dim=1).numpy()
     completions = []
-    for row, row_stats in zip(tokens, stats):
-        ends = [i for i, t in enumerate(row) if t in eos_ids]
-        length, reason = (ends[0] + 1, "eos") if ends else (len(row), "max_new_tokens")
-        completions.append(Completion(row[:length], reason, row_stats[:length].astype(np.float32)))
+    for row, (row_tokens, row_stats) in enumerate(zip(tokens, stats)):
+        ends = [i for i, t in enumerate(row_tokens) if t in eos_ids]
+        if row in frame_ends:  # checked first: the pad ids after its end may be eos ids
+            length, reason = answer_length(row_tokens[: frame_ends[row] + 1], end_labels[row], decode), "frame_end"
+        elif ends:
+            length, reason = ends[0] + 1, "eos"
+        else:
+            length, reason = len(row_tokens), "max_new_tokens"
+        completions.append(Completion(row_tokens[:length], reason, row_stats[:length].astype(np.float32)))
     return completions
 
 
-def sample_completions(model, prompts, seeds, params, eos_ids, pad_id, batch_size, top_k):
+def sample_completions(model, prompts, seeds, params, eos_ids, pad_id, batch_size, top_k, end_labels=None,
+                       decode=None):
     """Sample one completion per (prompt token ids, seed), batch_size sequences at a time;
-    `top_k` is the k of the top-k mass statistic."""
+    `top_k` is the k of the top-k mass statistic. `end_labels` (one tuple per sequence; empty:
+    none) end a sequence's answer where its text starts a line with one of them; `decode` (a
+    batch decode: lists of ids to texts, e.g. tokenizer.batch_decode) reads its text."""
+    end_labels = list(end_labels or [()] * len(prompts))
+    if any(end_labels) and decode is None:
+        raise ValueError("end labels need a decode function")
     completions = []
     for start in range(0, len(prompts), batch_size):
         end = start + batch_size
-        completions += _sample_batch(model, prompts[start:end], seeds[start:end], params, set(eos_ids), pad_id, top_k)
+        completions += _sample_batch(model, prompts[start:end], seeds[start:end], params, set(eos_ids), pad_id, top_k,
+                                     end_labels[start:end], decode)
     return completions
 
 

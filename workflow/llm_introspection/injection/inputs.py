@@ -63,9 +63,13 @@ def leak_prompt(tokenizer, texts, request: str, chat: bool, prefill: str) -> tup
 
 
 def localization_prompt(tokenizer, texts, sentences, question, chat, prefill):
-    """Token ids of a localization trial (`prefill` as answer_start gives it, after the prompt) and
-    the token span [start, end) of each sentence (its words, not its label)."""
+    """Token ids of a localization trial (the preamble and its acknowledgement when the texts have
+    one, then the sentences and the question; `prefill` as answer_start gives it, after the prompt)
+    and the token span [start, end) of each sentence (its words, not its label)."""
     lines = [texts.sentence_format.format(number=i + 1, sentence=s) for i, s in enumerate(sentences)]
     message = texts.template.format(n=len(sentences), sentences="\n".join(lines),
                                     question=texts.questions[question].question)
-    return conversation_ids(tokenizer, [message], chat, sentences, prefill, texts.path)
+    before = [texts.preamble, texts.acknowledgement] if texts.preamble else []
+    # The turns before are marks too, so that each sentence is found in the trial's own turn.
+    ids, spans = conversation_ids(tokenizer, [*before, message], chat, [*before, *sentences], prefill, texts.path)
+    return ids, spans[len(before):]

@@ -68,6 +68,8 @@ class LocalizationTexts:
     path: Path
     version: int
     sha256: str
+    preamble: str | None  # the first user turn (None: the trial is one user message)
+    acknowledgement: str | None  # the assistant's answer to the preamble
     n_sentences: int
     template: str
     sentence_format: str
@@ -165,7 +167,8 @@ def load_detection_texts(path):
 
 
 def load_localization_texts(path):
-    """The localization trial texts, validated (template fields, the introspection question named)."""
+    """The localization trial texts, validated (template fields, the introspection question named);
+    preamble and acknowledgement are None without a preamble."""
     path, data, sha256 = read_resource(path, "injection_localization", "localization file")
     _check_fields(path, "template", data["template"], {"n", "sentences", "question"}, {"sentences", "question"},
                   once=True)
@@ -174,8 +177,9 @@ def load_localization_texts(path):
     if data["introspection"] not in data["questions"]:
         raise InputError(f"{path}: key 'introspection': {data['introspection']!r} is not one of the "
                          f"questions ({', '.join(data['questions'])})")
+    preamble = data.get("preamble") or {}
     return LocalizationTexts(
-        path, data["version"], sha256, data["n_sentences"], data["template"], data["sentence_format"],
+        path, data["version"], sha256, preamble.get("text"), preamble.get("acknowledgement"), data["n_sentences"], data["template"], data["sentence_format"],
         data["separator"], data["introspection"],
         {name: Question(**question) for name, question in data["questions"].items()},
     )

@@ -212,6 +212,13 @@ def caveats(models, coded, judged, content, settings):
     found.append(f"{per_type} prompt(s) per type and {settings['generation']['reps']} samples per prompt: samples of "
                  "one prompt are not independent, so the prompt is the unit that limits generalisation (probe folds "
                  "are grouped by prompt; the mixed models' random effect is the family).")
+    framed = coded[(coded["variant"] == "base") | (coded["condition"] == "shared_frame")]
+    if not framed.empty:
+        cut = framed["stop_reason"].eq("frame_end").groupby(framed["model"], sort=True).agg(cut="sum", n="size")
+        found.append("Completions of a base frame end where the model starts the frame's next turn (a line that "
+                     "begins with one of the prompt's `base_end_labels`, e.g. 'Interviewer:'): cut there were "
+                     + ", ".join(f"{r.cut} of {r.n} ({r.model})" for r in cut.reset_index().itertuples())
+                     + " (stop_reason frame_end); keywords, judge, trace and probes read only the text before the cut.")
     mass = judged[[f"judge_{d}_option_mass" for d in JUDGE_DIMENSIONS]].to_numpy().mean()
     found.append(f"The judge put on average {mass:.0%} of its next-token probability on the allowed answers 0-3; "
                  "scores are its expectation over those answers. A small judge is a weak rater: read the agreement "
@@ -250,10 +257,13 @@ def _injection_rows(tables):
 def _injection(summary, settings, figures):
     tables = summary["tables"]
     margins = pd.DataFrame(tables.get("localization_margins", []))
+    own = sorted({EXPERIMENTS[e].layers for e in settings["experiments"]} - {"layer_fractions"})  # own sweeps
+    own_layers = "".join(f" ({', '.join(e for e in settings['experiments'] if EXPERIMENTS[e].layers == key)}: "
+                         f"{settings[key]})" for key in own)
     sections = [
         "## Concept injection",
         f"Models {', '.join(settings['models'])}; {settings['vector_method']} vectors of the first "
-        f"{settings['n_concepts']} concepts, injected at layer fractions {settings['layer_fractions']} with strengths "
+        f"{settings['n_concepts']} concepts, injected at layer fractions {settings['layer_fractions']}{own_layers} with strengths "
         f"{settings['strengths']} x the layer's mean residual norm (first position excluded). Rates with Wilson "
         "intervals; p against chance by exact binomial tests, Holm within each cell.",
         *[_figure(name, caption) for name, caption in figures],
