@@ -1,10 +1,12 @@
 """The shipped configs and prompt set, and how prompts are rendered."""
 
 import copy
+import re
+import shutil
 
 import pytest
 
-from conftest import CONFIG_SCHEMA, PROMPT_SCHEMA, REPO
+from conftest import CONFIG_SCHEMA, PROMPT_SCHEMA, REPO, TINY_STUDY, merged
 from llm_introspection.config import read_yaml, validate
 from llm_introspection.errors import InputError
 from llm_introspection.prompts import PROMPT_TYPES, Prompt, load_prompt_set, render_prompt, select_prompt_ids
@@ -70,6 +72,27 @@ def test_validation_fills_defaults_and_names_bad_keys():
         validate(bad, CONFIG_SCHEMA, "config")
 
 
+BAD_SOURCE = {"family": "f", "size_b": 1, "variant": "base"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"generation": {"temperature": "hot"}}, "key 'generation.temperature': 'hot' is not of type 'number'"),
+        ({"generation": {"reps": 0}}, "key 'generation.reps': 0 is less than the minimum of 1"),
+        ({"models": {"bad": {**BAD_SOURCE, "source": {"kind": "ftp"}}}},
+         "key 'models.bad.source.kind': 'ftp' is not one of"),
+        ({"models": {"bad": {**BAD_SOURCE, "source": {"kind": "hf"}}}},
+         "key 'models.bad.source': 'id' is a required property"),
+        ({"jobs": {"granularity": "rep"}}, "key 'jobs.granularity'"),
+    ],
+)
+def test_invalid_study_config_is_rejected_naming_the_key(change, message):
+    """The workflow tests' tiny study with one mistake (the CLI shows the message: tests/test_workflow.py)."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        validate(merged(copy.deepcopy(TINY_STUDY), change), CONFIG_SCHEMA, "the config")
+
+
 def test_selection_by_type_and_by_id(prompts):
     assert select_prompt_ids({"per_type": 1, "ids": []}, prompts) == [
         "unconstrained_01", "self_reference_01", "structured_novelty_01", "topic_control_01"]
@@ -83,6 +106,15 @@ def test_id_must_match_the_file_name(tmp_path):
     (tmp_path / "a.yaml").write_text("id: b\ntype: topic_control\ninstruct: x\nbase: y\n")
     with pytest.raises(InputError, match=r"a.yaml: key 'id' is 'b', expected 'a'"):
         load_prompt_set(tmp_path, PROMPT_SCHEMA)
+
+
+def test_prompt_file_with_a_missing_field_is_named(tmp_path):
+    shutil.copytree(REPO / "resources/prompts", tmp_path, dirs_exist_ok=True)
+    broken = tmp_path / "topic_control_03.yaml"
+    broken.write_text("id: topic_control_03\ntype: topic_control\ninstruct: Explain tides.\n")
+    with pytest.raises(InputError, match=re.escape(f"prompt file {broken} is invalid")) as error:
+        load_prompt_set(tmp_path, PROMPT_SCHEMA)
+    assert "key '(top level)': 'base' is a required property" in str(error.value)
 
 
 def test_rendering_uses_the_chat_template_only_for_native_instruct(tokenizer_dir):
