@@ -141,10 +141,12 @@ def embedded_study(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2_manifest(embedded_study):
-    """The embedded SmolLM2-135M-Instruct as the workflow prepares it (its manifest)."""
-    manifest = "results/models/smollm2-135m-instruct/manifest.json"
-    snakemake(embedded_study, manifest)
-    return json.loads((embedded_study / manifest).read_text())
+    """The embedded SmolLM2-135M-Instruct as the workflow prepares it: its manifest, the load path (relative
+    to the study directory) made absolute."""
+    path = "results/models/smollm2-135m-instruct/manifest.json"
+    snakemake(embedded_study, path)
+    manifest = json.loads((embedded_study / path).read_text())
+    return {**manifest, "load_path": str(embedded_study / manifest["load_path"])}
 
 
 def snakemake(directory, *args, check=True, timeout=900):
