@@ -1,6 +1,10 @@
-"""Shared fixtures: a real tokenizer (from the embedded SmolLM2 GGUF) and tiny random models."""
+"""Shared fixtures: a real tokenizer (from the embedded SmolLM2 GGUF), tiny random models, and the
+studies of tests/configs/ that workflow tests share, each run once per session.
+
+`python tests/conftest.py DIR` makes a study directory for running tests/configs/tiny*.yaml by hand."""
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -11,20 +15,20 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "tests/configs"
 CONFIG_SCHEMA = REPO / "config/schema/config.schema.yaml"
 PROMPT_SCHEMA = REPO / "config/schema/prompt.schema.yaml"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-TINY_LLAMA = {
-    "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
-    "tie_word_embeddings": True,
-}
-TINY_GEMMA3 = {
-    "model_type": "gemma3_text", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 2048,
-    "sliding_window": 16, "final_logit_softcapping": 30.0,
-}
+
+def read_config(name):
+    """A config of tests/configs."""
+    return yaml.safe_load((CONFIGS / name).read_text())
+
+
+TINY_STUDY = read_config("tiny.yaml")
+TINY_GEMMA3 = TINY_STUDY["models"]["tiny-base"]["source"]["config"]
+TINY_LLAMA = TINY_STUDY["models"]["tiny-instruct"]["source"]["config"]
 
 
 def smollm2_gguf_path():
@@ -34,14 +38,19 @@ def smollm2_gguf_path():
     return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
 
 
-@pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory):
-    """SmolLM2's real tokenizer (with its chat template), read from the embedded GGUF once."""
+def save_tokenizer(out):
+    """SmolLM2's real tokenizer (with its chat template), read from the embedded GGUF, saved to `out`."""
     from transformers import AutoTokenizer
 
     gguf = smollm2_gguf_path()
-    out = tmp_path_factory.mktemp("tokenizer")
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """SmolLM2's tokenizer, saved once."""
+    out = tmp_path_factory.mktemp("tokenizer")
+    save_tokenizer(out)
     return out
 
 
@@ -79,40 +88,65 @@ def load_tiny(tokenizer_dir, architecture, tmp_path, variant="base"):
     return load_model(manifest, "cpu", torch.float32), load_tokenizer(manifest)
 
 
-def judge_of(models):
-    """The first instruct model judges (the first model when there is none)."""
-    return next((name for name, m in models.items() if m["variant"] == "instruct"), next(iter(models)))
-
-
-def write_study(directory, models, **overrides):
-    """A study config for workflow tests, with prompts copied into the working directory."""
-    directory = Path(directory)
-    if not (directory / "prompts").exists():
-        shutil.copytree(REPO / "resources/prompts", directory / "prompts")
-        shutil.copy(REPO / "resources/lexicons/coding.yaml", directory / "lexicon.yaml")
-        shutil.copy(REPO / "resources/lexicons/labelled_examples.yaml", directory / "labelled_examples.yaml")
-    config = {
-        "study": "test",
-        "models": models,
-        "prompts": {"dir": "prompts", "per_type": 1},
-        "generation": {"reps": 2, "max_new_tokens": 6, "batch_size": 4},
-        "trace": {"layer_fractions": [0.0, 0.5, 1.0], "batch_size": 4},
-        "jobs": {"granularity": "model"},
-        "coding": {"lexicon": "lexicon.yaml", "labelled_examples": "labelled_examples.yaml"},
-        "judge": {"model": judge_of(models), "rubric": str(REPO / "resources/judge/rubric.yaml"), "batch_size": 8},
-        "statistics": {"bootstrap_resamples": 1000},
-        "probing": {"n_permutations": 5},
-    }
+def merged(base, overrides):
+    """`base` with `overrides` merged in key by key; a None value deletes the key."""
+    result = dict(base)
     for key, value in overrides.items():
-        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            result[key] = merged(base[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def write_study(directory, config, tokenizer_dir=None, **overrides):
+    """A study directory as tests/configs/*.yaml expect it: config.yaml (`config` with `overrides`
+    merged in), a copy of resources/ and, if given, a link `tokenizer` to the tokenizer."""
+    directory = Path(directory)
+    if not (directory / "resources").exists():
+        shutil.copytree(REPO / "resources", directory / "resources")
+    if tokenizer_dir is not None and not (directory / "tokenizer").exists():
+        (directory / "tokenizer").symlink_to(tokenizer_dir)
     path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.write_text(yaml.safe_dump(merged(config, overrides), sort_keys=False))
     return path
 
 
-def read_default_models():
-    """The default study's model entries (the two embedded models)."""
-    return yaml.safe_load((REPO / "config/config.yaml").read_text())["models"]
+def copy_study(study, directory):
+    """A copy of a finished study, results and Snakemake's records included, to change freely."""
+    shutil.copytree(study, directory, symlinks=True, dirs_exist_ok=True)
+    return Path(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tokenizer_dir, tmp_path_factory):
+    """tests/configs/tiny.yaml, run once: tests read it, and change only a copy (copy_study)."""
+    directory = tmp_path_factory.mktemp("tiny_study")
+    write_study(directory, TINY_STUDY, tokenizer_dir)
+    snakemake(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def embedded_study(tmp_path_factory):
+    """The default study with tests/configs/embedded.yaml: tests run their targets in this one directory,
+    so each embedded model is prepared (its GGUF converted) once per session."""
+    directory = tmp_path_factory.mktemp("embedded_study")
+    write_study(directory, merged(yaml.safe_load((REPO / "config/config.yaml").read_text()),
+                                  read_config("embedded.yaml")))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def smollm2_manifest(embedded_study):
+    """The embedded SmolLM2-135M-Instruct as the workflow prepares it: its manifest, the load path (relative
+    to the study directory) made absolute."""
+    path = "results/models/smollm2-135m-instruct/manifest.json"
+    snakemake(embedded_study, path)
+    manifest = json.loads((embedded_study / path).read_text())
+    return {**manifest, "load_path": str(embedded_study / manifest["load_path"])}
 
 
 def snakemake(directory, *args, check=True, timeout=900):
@@ -166,3 +200,10 @@ class StandInModel(torch.nn.Module):
 
     def get_input_embeddings(self):
         return self.trunk.embed_tokens
+
+
+if __name__ == "__main__":
+    study = Path(sys.argv[1])
+    study.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "resources", study / "resources", dirs_exist_ok=True)
+    save_tokenizer(study / "tokenizer")

@@ -1,10 +1,12 @@
 """The shipped configs and prompt set, and how prompts are rendered."""
 
 import copy
+import re
+import shutil
 
 import pytest
 
-from conftest import CONFIG_SCHEMA, REPO
+from conftest import CONFIG_SCHEMA, REPO, TINY_STUDY, merged
 from llm_introspection.config import read_yaml, validate
 from llm_introspection.errors import InputError
 from llm_introspection.prompts import (
@@ -74,6 +76,27 @@ def test_validation_fills_defaults_and_names_bad_keys():
         validate(bad, CONFIG_SCHEMA, "config")
 
 
+BAD_SOURCE = {"family": "f", "size_b": 1, "variant": "base"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"generation": {"temperature": "hot"}}, "key 'generation.temperature': 'hot' is not of type 'number'"),
+        ({"generation": {"reps": 0}}, "key 'generation.reps': 0 is less than the minimum of 1"),
+        ({"models": {"bad": {**BAD_SOURCE, "source": {"kind": "ftp"}}}},
+         "key 'models.bad.source.kind': 'ftp' is not one of"),
+        ({"models": {"bad": {**BAD_SOURCE, "source": {"kind": "hf"}}}},
+         "key 'models.bad.source': 'id' is a required property"),
+        ({"jobs": {"granularity": "rep"}}, "key 'jobs.granularity'"),
+    ],
+)
+def test_invalid_study_config_is_rejected_naming_the_key(change, message):
+    """The workflow tests' tiny study with one mistake (the CLI shows the message: tests/test_workflow.py)."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        validate(merged(copy.deepcopy(TINY_STUDY), change), CONFIG_SCHEMA, "the config")
+
+
 def test_selection_by_type_and_by_id(prompts):
     assert select_prompt_ids({"per_type": 1, "ids": []}, prompts) == [
         "unconstrained_01", "self_reference_01", "structured_novelty_01", "topic_control_01"]
@@ -118,6 +141,15 @@ def test_an_end_label_must_start_a_line_of_the_frame(tmp_path):
         load_prompt(path)
     path.write_text('id: p\ntype: topic_control\ninstruct: x\nbase: "Q: x\\nA:"\nbase_end_labels: ["Q:", "A:"]\n')
     assert load_prompt(path).base_end_labels == ("Q:", "A:")
+
+
+def test_prompt_file_with_a_missing_field_is_named(tmp_path):
+    shutil.copytree(REPO / "resources/prompts", tmp_path, dirs_exist_ok=True)
+    broken = tmp_path / "topic_control_03.yaml"
+    broken.write_text("id: topic_control_03\ntype: topic_control\ninstruct: Explain tides.\n")
+    with pytest.raises(InputError, match=re.escape(f"prompt file {broken} is invalid")) as error:
+        load_prompt_set(tmp_path)
+    assert "key '(top level)': 'base' is a required property" in str(error.value)
 
 
 def test_rendering_uses_the_chat_template_only_for_native_instruct(tokenizer_dir):

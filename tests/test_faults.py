@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_LLAMA, snakemake, tiny_spec, write_study
+from conftest import REPO, TINY_LLAMA, TINY_STUDY, snakemake, tiny_spec, write_study
 from llm_introspection.errors import InputError
 from llm_introspection.jobs import run_generate
 from llm_introspection.models import prepare_model
@@ -25,7 +25,6 @@ from llm_introspection.storage import (
 from llm_introspection.study.analysis import entropy_tables
 from llm_introspection.study.probing import activation_layouts
 
-LABELLED = str(REPO / "resources/lexicons/labelled_examples.yaml")
 
 
 def truncate(path):
@@ -183,9 +182,11 @@ def test_more_new_tokens_than_fit_are_refused():
 def local_study(directory, tiny_llama_dir, **overrides):
     """A one-model study whose model is a local directory inside the study (named relative to it)."""
     shutil.copytree(tiny_llama_dir, directory / "model")
+    shutil.copy(REPO / "resources/lexicons/coding.yaml", directory / "lexicon.yaml")
     models = {"tiny": {"family": "llama", "size_b": 1e-5, "variant": "instruct",
                        "source": {"kind": "local", "path": "model"}}}
-    return write_study(directory, models, coding={"lexicon": "lexicon.yaml", "labelled_examples": LABELLED},
+    config = {**TINY_STUDY, "models": models, "judge": {"model": "tiny"}, "conditions": {"shared_frame": False}}
+    return write_study(directory, config, coding={"lexicon": "lexicon.yaml"},
                        generation={"reps": 1, "max_new_tokens": 4, "batch_size": 4}, **overrides)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, load_tiny, smollm2_gguf_path
+from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, load_tiny
 from llm_introspection.injection import grading, inputs
 from llm_introspection.injection.concepts import (
     concept_prompt_ids, matched_random_vectors, mean_residual_norm, mean_subtraction_vectors, save_vectors, sentence_ids,
@@ -700,16 +700,13 @@ def test_intentional_control_cosines(llama, thought, tmp_path):
 # --- the real embedded model --------------------------------------------------------------------
 
 @pytest.mark.embedded
-def test_embedded_smollm2_forced_identification(tmp_path, det):
+def test_embedded_smollm2_forced_identification(smollm2_manifest, tmp_path, det):
     """SmolLM2-135M-Instruct with mean-subtraction vectors at layer 20: injecting a concept at
     2x the residual norm makes its word the top candidate after the forced prefill (measured: all
     three; unsteered, ranks 3, 2, 1), and P(yes) is a valid probability (unsteered, yes/no hold most of the mass)."""
-    from llm_introspection.models import load_model, load_tokenizer, prepare_model
+    from llm_introspection.models import load_model, load_tokenizer
 
-    spec = {"family": "smollm2", "size_b": 0.135, "variant": "instruct", "frame": "native",
-            "trust_remote_code": False, "source": {"kind": "gguf_file", "path": str(smollm2_gguf_path())}}
-    manifest = prepare_model("smollm2", spec, tmp_path)
-    model, tokenizer = load_model(manifest, "cpu", torch.float32), load_tokenizer(manifest)
+    model, tokenizer = load_model(smollm2_manifest, "cpu", torch.float32), load_tokenizer(smollm2_manifest)
     concepts, baseline, layer = ["Dust", "Trumpets", "Origami"], ["Desks", "Jackets", "Chairs", "Clouds", "Rivers"], 20
     requests = concept_prompt_ids(concepts + baseline, "Tell me about {word}", tokenizer, "instruct", "native", "m")
     vectors, baseline = mean_subtraction_vectors(model, [layer], requests[:3], requests[3:], batch_size=8)

@@ -1,4 +1,5 @@
-"""Concept injection through the real snakemake CLI on tiny random models."""
+"""Concept injection through the real snakemake CLI, added to a copy of the tiny study: the rules wire
+every experiment, grading, statistics, figures and report (the experiments: tests/test_injection.py)."""
 
 import json
 import re
@@ -6,34 +7,20 @@ import re
 import pandas as pd
 import pytest
 
-from conftest import REPO, snakemake, write_study
-from test_workflow import planned, tiny_models
+from conftest import TINY_STUDY, copy_study, merged, read_config, snakemake, write_study
+from test_workflow import planned
 
 pytestmark = pytest.mark.workflow
 
-EXPERIMENTS = ["detection_logits", "detection_responses", "forced_identification", "localization",
-               "thought_vs_text", "prefill_intent", "intentional_control"]
-RESOURCES = {
-    "concepts": "concepts/concepts.yaml", "contrastive_pairs": "concepts/contrastive_pairs.yaml",
-    "neutral_sentences": "concepts/neutral_sentences.yaml", "detection": "injection/detection.yaml",
-    "localization": "injection/localization.yaml", "thought_and_intent": "injection/thought_and_intent.yaml",
-    "grading_rubric": "injection/grading_rubric.yaml",
-}
-
-
-def injection_settings(**overrides):
-    return {
-        "models": ["tiny-base", "tiny-instruct"], "experiments": EXPERIMENTS, "layer_fractions": [0.5],
-        "localization_layer_fractions": [0.5],
-        "strengths": [1, 4], "n_concepts": 3, "n_trials": 2, "n_sentences": 3, "max_new_tokens": 4,
-        "resources": {key: str(REPO / "resources" / path) for key, path in RESOURCES.items()}, **overrides,
-    }
+INJECTION = read_config("tiny_injection.yaml")
+EXPERIMENTS = INJECTION["injection"]["experiments"]
 
 
 @pytest.fixture(scope="module")
-def injection_study(tokenizer_dir, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("injection")
-    write_study(directory, tiny_models(tokenizer_dir), injection=injection_settings())
+def injection_study(tiny_study, tmp_path_factory):
+    """tests/configs/tiny_injection.yaml over a copy of the tiny study: only injection jobs and the report run."""
+    directory = copy_study(tiny_study, tmp_path_factory.mktemp("injection"))
+    write_study(directory, merged(TINY_STUDY, INJECTION))
     snakemake(directory)
     return directory
 
@@ -42,13 +29,11 @@ def test_every_cell_and_table_is_written(injection_study):
     results = injection_study / "results"
     for experiment in EXPERIMENTS:
         folder = "detection_graded" if experiment == "detection_responses" else experiment
-        strengths = ["0"] if experiment == "intentional_control" else ["1", "4"]
-        for model in ("tiny-base", "tiny-instruct"):
-            for strength in strengths:
-                data = json.loads((results / f"injection/{folder}/{model}/layer0.5_strength{strength}.json").read_text())
-                assert data["n_records"] == len(data["records"]) > 0
-                assert {r["model"] for r in data["records"]} == {model}
-                assert {r["layer"] for r in data["records"]} == {2}  # round(0.5 x 4 layers)
+        strength = "0" if experiment == "intentional_control" else "4"
+        data = json.loads((results / f"injection/{folder}/tiny-instruct/layer0.5_strength{strength}.json").read_text())
+        assert data["n_records"] == len(data["records"]) > 0
+        assert {r["model"] for r in data["records"]} == {"tiny-instruct"}
+        assert {r["layer"] for r in data["records"]} == {2}  # round(0.5 x 4 layers)
     graded = json.loads((results / "injection/detection_graded/tiny-instruct/layer0.5_strength4.json").read_text())
     assert graded["judge"]["name"] == "tiny-instruct"
     assert all(r["coherent"] in (True, False) for r in graded["records"])
@@ -71,34 +56,36 @@ def test_every_cell_and_table_is_written(injection_study):
         assert f"(figures/{name}.png)" in report
 
 
-def test_extending_the_sweep_adds_cells_and_reruns_none(injection_study, tokenizer_dir):
-    write_study(injection_study, tiny_models(tokenizer_dir),
-                injection=injection_settings(strengths=[1, 4, 8], layer_fractions=[0.5, 1.0],
-                                             localization_layer_fractions=[0.5, 1.0]))
-    jobs = [(rule, w) for rule, w in planned(snakemake(injection_study, "--dry-run"))
+def test_extending_the_sweep_adds_cells_and_reruns_none(injection_study, tmp_path):
+    """A second model, strength and layer, planned in a copy (a dry run)."""
+    study = copy_study(injection_study, tmp_path)
+    write_study(study, merged(TINY_STUDY, INJECTION), injection={
+        "models": ["tiny-instruct", "tiny-base"], "strengths": [4, 8], "layer_fractions": [0.5, 1.0],
+        "localization_layer_fractions": [0.5, 1.0]})
+    jobs = [(rule, w) for rule, w in planned(snakemake(study, "--dry-run"))
             if rule in ("concept_vectors", "inject", "grade_injection")]
-    existing = [w for _, w in jobs if "layer=0.5," in w and ("strength=1" in w or "strength=4" in w)]
-    assert existing == [] and ("concept_vectors", "model=tiny-base, layer=0.5") not in jobs
+    assert [w for _, w in jobs if "model=tiny-instruct, layer=0.5, strength=4" in w] == []
+    assert ("concept_vectors", "model=tiny-instruct, layer=0.5") not in jobs
     assert ("inject", "experiment=localization, model=tiny-instruct, layer=0.5, strength=8") in jobs
-    # per model: the new layer's vectors; 6 strength-dependent experiments x (1 new strength at layer 0.5
-    # + 3 at layer 1) and intentional control once at layer 1; grading of each new detection_responses cell
-    per_model = {"concept_vectors": 1, "inject": 6 * 4 + 1, "grade_injection": 4}
-    assert {rule: len([1 for r, _ in jobs if r == rule]) for rule in per_model} == {
-        rule: 2 * count for rule, count in per_model.items()}
+    # tiny-instruct: the new layer's vectors; 6 strength-dependent experiments x (1 new strength at layer 0.5
+    # + 2 at layer 1) and intentional control once at layer 1; grading of each new detection_responses cell.
+    # tiny-base: vectors at both layers, 6 x 4 cells and intentional control at both layers, 4 gradings
+    counts = {"concept_vectors": 1 + 2, "inject": 6 * 3 + 1 + 6 * 4 + 2, "grade_injection": 3 + 4}
+    assert {rule: len([1 for r, _ in jobs if r == rule]) for rule in counts} == counts
 
 
-def test_contrastive_vectors_with_word_experiments_fail_naming_the_key(tokenizer_dir, tmp_path):
-    write_study(tmp_path, tiny_models(tokenizer_dir),
-                injection=injection_settings(vector_method="contrastive", experiments=["detection_logits"]))
+def test_contrastive_vectors_with_word_experiments_fail_naming_the_key(tmp_path):
+    write_study(tmp_path, merged(TINY_STUDY, INJECTION),
+                injection={"vector_method": "contrastive", "experiments": ["detection_logits"]})
     result = snakemake(tmp_path, "--dry-run", check=False)
     assert result.returncode != 0 and "config key 'injection.vector_method'" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_localization_runs_its_own_layer_sweep(tokenizer_dir, tmp_path):
-    write_study(tmp_path, tiny_models(tokenizer_dir), injection=injection_settings(
-        models=["tiny-instruct"], experiments=["detection_logits", "localization"], strengths=[1],
-        localization_layer_fractions=[0.25, 0.5]))
+    write_study(tmp_path, merged(TINY_STUDY, INJECTION), tokenizer_dir, injection={
+        "experiments": ["detection_logits", "localization"], "strengths": [1],
+        "localization_layer_fractions": [0.25, 0.5]})
     jobs = planned(snakemake(tmp_path, "--dry-run"))
     cells = sorted(w for rule, w in jobs if rule == "inject")
     assert cells == [f"experiment={e}, model=tiny-instruct, layer={layer}, strength=1" for e, layer in

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_LLAMA, load_tiny, smollm2_gguf_path
+from conftest import REPO, TINY_LLAMA, load_tiny
 from llm_introspection.study.coding import DIMENSIONS as KEYWORD_DIMENSIONS
 from llm_introspection.errors import InputError
 from llm_introspection.readout.options import answer_frame, option_token_ids
@@ -247,16 +247,13 @@ def test_an_unknown_dimension_is_an_error_naming_it(tiny, rubric):
 # --- the real embedded judge ----------------------------------------------------------------
 
 @pytest.mark.embedded
-def test_embedded_smollm2_judge_gives_valid_scores(tmp_path, rubric):
+def test_embedded_smollm2_judge_gives_valid_scores(smollm2_manifest, rubric):
     """The real SmolLM2-135M-Instruct as judge: valid scores; explicit AI self-reference scores
     higher on self_reference than a factual text about tides (validity, not accuracy: the 135M
     judge is close to uniform over the options). Only self_reference is scored, to stay fast."""
-    from llm_introspection.models import load_model, load_tokenizer, prepare_model
+    from llm_introspection.models import load_model, load_tokenizer
 
-    spec = {"family": "smollm2", "size_b": 0.135, "variant": "instruct", "frame": "native",
-            "trust_remote_code": False, "source": {"kind": "gguf_file", "path": str(smollm2_gguf_path())}}
-    manifest = prepare_model("smollm2", spec, tmp_path)
-    model, tokenizer = load_model(manifest, "cpu", torch.float32), load_tokenizer(manifest)
+    model, tokenizer = load_model(smollm2_manifest, "cpu", torch.float32), load_tokenizer(smollm2_manifest)
     prompt = "Write a short paragraph."
     table = score_completions(model, tokenizer, [(prompt, SELF_TEXT), (prompt, TIDES_TEXT)], rubric,
                               dimensions=["self_reference"])

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY_LLAMA, smollm2_gguf_path, tiny_spec
+from conftest import TINY_LLAMA, tiny_spec
 from llm_introspection.errors import InputError
 from llm_introspection.models import load_model, load_tokenizer, prepare_model, resolve_device, resolve_dtype
 
@@ -100,10 +100,9 @@ def test_device_and_dtype_defaults():
 
 
 @pytest.mark.embedded
-def test_embedded_smollm2_gguf_converts_to_the_real_model(tmp_path):
-    """The real embedded SmolLM2 GGUF: converted once, then loads fast with its chat template."""
-    gguf = smollm2_gguf_path()
-    manifest = prepare_model("smollm2", spec_for({"kind": "gguf_file", "path": str(gguf)}, "instruct"), tmp_path)
+def test_embedded_smollm2_gguf_converts_to_the_real_model(smollm2_manifest):
+    """The real embedded SmolLM2 GGUF, converted once by the workflow: loads with its chat template."""
+    manifest = smollm2_manifest
     assert (manifest["model_type"], manifest["n_layers"], manifest["hidden_size"]) == ("llama", 30, 576)
     model, tokenizer = load_model(manifest, "cpu", torch.float32), load_tokenizer(manifest)
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],

@@ -1,29 +1,35 @@
 """A job's params are exactly the config keys it reads, in canonical form: a key reruns only the
 jobs that read it, and the same config with its keys in another order plans nothing."""
 
+import pytest
 import yaml
 
-from conftest import REPO, snakemake, write_study
-from test_injection_workflow import RESOURCES
-from test_workflow import planned, tiny_models
+from conftest import TINY_STUDY, copy_study, merged, snakemake, write_study
+from test_workflow import planned
+
+pytestmark = pytest.mark.workflow
 
 CELL = "results/injection/localization/tiny-instruct/layer0.5_strength2.json"
-TARGETS = ["results/generations/tiny-base/self_reference_01.json", CELL]
-INJECTION = {"models": ["tiny-instruct"], "experiments": ["localization"], "layer_fractions": [0.5], "strengths": [2],
-             "n_concepts": 3, "n_trials": 2, "n_sentences": 3,
-             "resources": {key: str(REPO / "resources" / path) for key, path in RESOURCES.items()}}
+INJECTION = {"injection": {"models": ["tiny-instruct"], "experiments": ["localization"], "strengths": [2],
+                           "localization_layer_fractions": [0.5], "n_concepts": 3, "n_trials": 2, "n_sentences": 3}}
 
 
-def test_key_order_and_unread_keys_rerun_nothing(tokenizer_dir, tmp_path):
-    config_path = write_study(tmp_path, tiny_models(tokenizer_dir), injection=INJECTION)
-    snakemake(tmp_path, *TARGETS)
-    config = yaml.safe_load(config_path.read_text())
+def test_the_same_config_with_sorted_reflowed_keys_plans_nothing(tiny_study, tmp_path):
+    study = copy_study(tiny_study, tmp_path)
+    config = yaml.safe_load((study / "config.yaml").read_text())
+    (study / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True, default_flow_style=True, width=60))
+    assert planned(snakemake(study, "--dry-run")) == []
 
-    config_path.write_text(yaml.safe_dump(config, sort_keys=True, default_flow_style=True, width=60))
-    assert planned(snakemake(tmp_path, "--dry-run", *TARGETS)) == []
 
-    config["injection"]["n_trials"] = 3  # read by localization cells, not by concept vectors
-    config["probing"]["n_permutations"] = 7  # read by probes only
-    config_path.write_text(yaml.safe_dump(config, sort_keys=True))
-    assert planned(snakemake(tmp_path, "--dry-run", *TARGETS)) == [
+def test_a_key_reruns_only_the_jobs_that_read_it(tiny_study, tmp_path):
+    study = copy_study(tiny_study, tmp_path)
+    config = merged(TINY_STUDY, INJECTION)
+    write_study(study, config)
+    snakemake(study, CELL)
+    # n_trials is read by localization cells, not by concept vectors; n_permutations by probes only
+    write_study(study, config, injection={"n_trials": 3}, probing={"n_permutations": 7})
+    assert planned(snakemake(study, "--dry-run", CELL)) == [
         ("inject", "experiment=localization, model=tiny-instruct, layer=0.5, strength=2")]
+    everything = {rule for rule, _ in planned(snakemake(study, "--dry-run"))}
+    assert "probes" in everything and not everything & {"prepare_model", "generate", "trace", "concept_vectors",
+                                                       "judge", "code_keywords", "content_statistics"}

@@ -44,7 +44,7 @@ def run(*command):
 
 
 def test_snakefmt_and_lint_are_clean():
-    formatted = run(sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules")
+    formatted = run(sys.executable, "-m", "snakefmt", "--check", ".")
     assert formatted.returncode == 0, formatted.stderr
     lint = run(sys.executable, "-m", "snakemake", "--lint")
     assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, lint.stdout + lint.stderr

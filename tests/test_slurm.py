@@ -1,4 +1,5 @@
-"""The tiny study through a real one-node SLURM cluster (.ci/slurm-cluster.sh) with the slurm profile."""
+"""The tiny study (tests/configs/tiny.yaml) through a real one-node SLURM cluster (.ci/slurm-cluster.sh) with
+the slurm profile, compared with the session's local run of it."""
 
 import hashlib
 import json
@@ -14,8 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, snakemake, write_study
-from test_workflow import tiny_models
+from conftest import REPO, TINY_STUDY, merged, write_study
 
 pytestmark = pytest.mark.workflow
 
@@ -50,19 +50,6 @@ def slurm_cluster():
     yield
     if not already_up:
         cluster("down")
-
-
-def merged(base, overrides):
-    """`base` with `overrides` merged in key by key; a None value deletes the key."""
-    result = dict(base)
-    for key, value in overrides.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            result[key] = merged(base[key], value)
-        else:
-            result[key] = value
-    return result
 
 
 def cluster_profile(directory):
@@ -105,18 +92,10 @@ def snakemake_on_slurm(directory, profile, name):
 
 
 @pytest.fixture(scope="module")
-def local_study(tokenizer_dir, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("local")
-    write_study(directory, tiny_models(tokenizer_dir))
-    snakemake(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def slurm_study(tokenizer_dir, slurm_cluster, tmp_path_factory):
     """(directory, snakemake output, merged profile) of the tiny study run through SLURM."""
     directory = tmp_path_factory.mktemp("slurm")
-    write_study(directory, tiny_models(tokenizer_dir))
+    write_study(directory, TINY_STUDY, tokenizer_dir)
     profile = cluster_profile(tmp_path_factory.mktemp("profile") / "slurm")
     return directory, snakemake_on_slurm(directory, profile, "run"), profile
 
@@ -186,12 +165,12 @@ def result_files(directory):
                   if p.is_file() and not {"logs", "benchmarks", "models"} & set(p.relative_to(results).parts))
 
 
-def test_outputs_match_a_local_run(slurm_study, local_study):
+def test_outputs_match_a_local_run(slurm_study, tiny_study):
     directory, _, _ = slurm_study
-    files = result_files(local_study)
+    files = result_files(tiny_study)
     assert files == result_files(directory) and len(files) > 20
     for name in files:
-        local, on_slurm = comparable(local_study / "results" / name), comparable(directory / "results" / name)
+        local, on_slurm = comparable(tiny_study / "results" / name), comparable(directory / "results" / name)
         np.testing.assert_equal(on_slurm, local, err_msg=str(name))
 
 

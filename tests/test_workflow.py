@@ -3,30 +3,20 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, snakemake, write_study
+from conftest import REPO, TINY_STUDY, copy_study, snakemake, write_study
 
 pytestmark = pytest.mark.workflow
-
-
-def tiny_models(tokenizer_dir):
-    def entry(architecture, variant, family):
-        return {
-            "family": family, "size_b": 1e-5, "variant": variant,
-            "source": {"kind": "tiny_random", "tokenizer": str(tokenizer_dir), "config": architecture, "seed": 1},
-        }
-
-    return {"tiny-base": entry(TINY_GEMMA3, "base", "gemma3"), "tiny-instruct": entry(TINY_LLAMA, "instruct", "llama")}
 
 
 def planned(result):
@@ -45,37 +35,41 @@ def planned_rules(result):
 
 
 @pytest.fixture
-def per_prompt_study(tokenizer_dir, tmp_path):
-    write_study(tmp_path, tiny_models(tokenizer_dir), jobs={"granularity": "prompt"})
-    snakemake(tmp_path)
-    return tmp_path
+def per_prompt_study(tiny_study, tmp_path):
+    """A copy of the tiny study at one job per (model, prompt), on 2 prompts and without the twin, whose model
+    jobs have run (on the prepared models of the copy): the directory and those jobs' targets."""
+    copy_study(tiny_study, tmp_path)
+    write_study(tmp_path, TINY_STUDY, jobs={"granularity": "prompt"}, conditions={"shared_frame": False},
+                prompts={"ids": ["self_reference_01", "topic_control_01"]})
+    targets = [f"results/activations/{m}/{p}.h5" for m in ("tiny-base", "tiny-instruct")
+               for p in ("self_reference_01", "topic_control_01")]
+    snakemake(tmp_path, *targets)
+    return tmp_path, targets
 
 
-@pytest.fixture(scope="module")
-def per_model_study(tokenizer_dir, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("study")
-    write_study(directory, tiny_models(tokenizer_dir), conditions={"shared_frame": True})
-    snakemake(directory)
-    return directory
+@pytest.fixture
+def study_copy(tiny_study, tmp_path):
+    """A copy of the finished tiny study, to change."""
+    return copy_study(tiny_study, tmp_path)
 
 
 TWIN = "tiny-instruct-base-frame"  # the shared-frame condition's twin of tiny-instruct
 
 
-def test_full_run_writes_valid_outputs(per_model_study):
+def test_full_run_writes_valid_outputs(tiny_study):
     prompts = ["unconstrained_01", "self_reference_01", "structured_novelty_01", "topic_control_01"]
     for model in ("tiny-base", "tiny-instruct"):
         for prompt in prompts:
-            generation = json.loads((per_model_study / f"results/generations/{model}/{prompt}.json").read_text())
+            generation = json.loads((tiny_study / f"results/generations/{model}/{prompt}.json").read_text())
             assert generation["model"]["name"] == model and generation["prompt"]["id"] == prompt
             assert generation["prompt"]["chat_template"] == (model == "tiny-instruct")
             assert [r["seed"] for r in generation["reps"]] == [42, 43]
             assert all(1 <= r["n_tokens"] <= 6 for r in generation["reps"])
             assert set(generation["versions"]) >= {"torch", "transformers", "python"}
-            with h5py.File(per_model_study / f"results/entropy/{model}/{prompt}.h5") as h5:
+            with h5py.File(tiny_study / f"results/entropy/{model}/{prompt}.h5") as h5:
                 assert list(h5["n_tokens"][:]) == [r["n_tokens"] for r in generation["reps"]]
                 assert np.isfinite(h5["first_token_entropy_t1"][:]).all()
-            with h5py.File(per_model_study / f"results/activations/{model}/{prompt}.h5") as h5:
+            with h5py.File(tiny_study / f"results/activations/{model}/{prompt}.h5") as h5:
                 assert json.loads(h5.attrs["hidden_state_indices"]) == [0, 2, 4]
                 assert h5["prompt/hidden_states"].shape == (3, len(generation["prompt"]["token_ids"]), 32)
                 for rep in generation["reps"]:
@@ -84,106 +78,106 @@ def test_full_run_writes_valid_outputs(per_model_study):
                     assert list(group["token_ids"][:]) == rep["token_ids"]
 
 
-def test_shared_frame_twin_reuses_the_weights_and_reads_the_base_text(per_model_study):
-    manifests = {m: json.loads((per_model_study / f"results/models/{m}/manifest.json").read_text())
+def test_shared_frame_twin_reuses_the_weights_and_reads_the_base_text(tiny_study):
+    manifests = {m: json.loads((tiny_study / f"results/models/{m}/manifest.json").read_text())
                  for m in ("tiny-instruct", TWIN)}
     assert manifests[TWIN]["load_path"] == manifests["tiny-instruct"]["load_path"]
     assert (manifests[TWIN]["frame"], manifests[TWIN]["twin_of"]) == ("base", "tiny-instruct")
-    assert not (per_model_study / f"results/models/{TWIN}/weights").exists()
-    generations = {m: json.loads((per_model_study / f"results/generations/{m}/self_reference_01.json").read_text())
+    assert not (tiny_study / f"results/models/{TWIN}/weights").exists()
+    generations = {m: json.loads((tiny_study / f"results/generations/{m}/self_reference_01.json").read_text())
                    for m in ("tiny-base", "tiny-instruct", TWIN)}
     assert generations[TWIN]["prompt"]["chat_template"] is False
     assert generations[TWIN]["prompt"]["text"] == generations["tiny-base"]["prompt"]["text"]
     assert generations[TWIN]["prompt"]["text"] != generations["tiny-instruct"]["prompt"]["text"]
-    coded = pd.read_csv(per_model_study / f"results/coding/keyword/{TWIN}.csv")
+    coded = pd.read_csv(tiny_study / f"results/coding/keyword/{TWIN}.csv")
     assert set(coded["condition"]) == {"shared_frame"} and set(coded["variant"]) == {"instruct"}
 
 
-def test_rerun_does_nothing(per_model_study):
-    result = snakemake(per_model_study, "--dry-run")
+def test_rerun_does_nothing(tiny_study):
+    result = snakemake(tiny_study, "--dry-run")
     assert planned(result) == [] and "Nothing to be done" in result.stdout
 
 
-def test_statistics_run_on_the_coded_and_judged_completions(per_model_study):
-    coded = pd.read_csv(per_model_study / "results/coding/keyword/tiny-instruct.csv")
+def test_statistics_run_on_the_coded_and_judged_completions(tiny_study):
+    coded = pd.read_csv(tiny_study / "results/coding/keyword/tiny-instruct.csv")
     assert len(coded) == 4 * 2 and set(coded["self_reference"]) <= {0, 1, 2, 3}
-    content = pd.read_csv(per_model_study / "results/statistics/content_statistics.csv")
+    content = pd.read_csv(tiny_study / "results/statistics/content_statistics.csv")
     paired = content[content["comparison"] == "instruct_vs_base"]
     assert paired["note"].str.contains("no family has both").all()  # one variant per family here
     assert set(paired["condition"]) == {"native", "shared_frame"}
     assert (content.loc[content["condition"] == "shared_frame", "comparison"] == "instruct_vs_base").all()
-    mixed = json.loads((per_model_study / "results/statistics/mixed_effects.json").read_text())
+    mixed = json.loads((tiny_study / "results/statistics/mixed_effects.json").read_text())
     assert mixed["dimensions"]["self_reference"]["instruct"]["estimable"] is False
-    entropy = pd.read_csv(per_model_study / "results/statistics/entropy_statistics_enhanced.csv")
+    entropy = pd.read_csv(tiny_study / "results/statistics/entropy_statistics_enhanced.csv")
     described = entropy[(entropy["comparison"] == "descriptive") & (entropy["dimension"] == "first_token_entropy_t1")]
     assert len(described) == 3 * 4 and set(described["n_a"]) == {1}  # 3 models x 4 prompt types, 1 prompt each
-    judged = pd.read_csv(per_model_study / "results/judge/tiny-base.csv")
+    judged = pd.read_csv(tiny_study / "results/judge/tiny-base.csv")
     assert len(judged) == 8 and judged["judge_self_reference"].between(0, 3).all()
     assert set(judged["judge_model"]) == {"tiny-instruct"}
-    agreement = json.loads((per_model_study / "results/statistics/agreement_statistics.json").read_text())
+    agreement = json.loads((tiny_study / "results/statistics/agreement_statistics.json").read_text())
     assert agreement["dimensions"]["hedging"]["all_models"]["n"] == 24
-    probes = pd.read_csv(per_model_study / "results/probing/probes.csv")
+    probes = pd.read_csv(tiny_study / "results/probing/probes.csv")
     assert set(probes["task"]) == {
         "base_vs_instruct", "prompt_type", "self_reference_content", "self_reference_pre_generation",
         "self_reference_text_only", "identical_text_reader", "identical_text_generator", "weight_noise_calibration"}
     # no family has both variants: no pair, and models of different families are never pooled
     variant = probes[probes["task"] == "base_vs_instruct"]
-    assert len(variant) == 1 and not variant["estimable"].item() and "no base/instruct pair" in variant["reason"].item()
-    summary = json.loads((per_model_study / "results/statistics/probing_statistics.json").read_text())
+    assert len(variant) >= 1 and not variant["estimable"].any()
+    assert all("no base/instruct pair" in reason for reason in variant["reason"])
+    summary = json.loads((tiny_study / "results/statistics/probing_statistics.json").read_text())
     assert "grouped by prompt_id" in summary["folds"]
     assert summary["identity"]["identical_text"].startswith("not estimable: no base/instruct pair")
     assert summary["identity"]["weight_difference_calibration"].startswith("not estimable")
     assert len(summary["self_reference_text"]["residual_over_text"]) > 0
-    assert not list((per_model_study / "results").glob("activations_cross")) + list(
-        (per_model_study / "results").glob("activations_noise"))
+    assert not list((tiny_study / "results").glob("activations_cross")) + list(
+        (tiny_study / "results").glob("activations_noise"))
 
 
 FIGURES = ("keyword_scores", "judge_scores", "agreement", "first_token_entropy", "entropy_profiles",
            "probe_accuracy", "activation_embeddings")
 
 
-def test_report_has_its_sections_figures_and_an_html_twin(per_model_study):
-    report = (per_model_study / "results/report.md").read_text()
+def test_report_has_its_sections_figures_and_an_html_twin(tiny_study, tmp_path):
+    report = (tiny_study / "results/report.md").read_text()
     for heading in ("## Design", "## Headline results", "## Caveats", "## Keyword content coding", "## LLM judge",
                     "### Keyword coder vs judge", "## Token entropy", "## Activation geometry and linear probes",
                     "## Mixed-effects models", "### Not estimable in this design", "## Provenance"):
         assert f"\n{heading}" in report, heading
     for name in FIGURES:
-        assert (per_model_study / f"results/figures/{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert (tiny_study / f"results/figures/{name}.png").read_bytes().startswith(b"\x89PNG")
         assert f"(figures/{name}.png)" in report
     assert "confounded with family" in report and f"| {TWIN} |" in report and "Shared-frame condition: on" in report
-    embeddings = pd.read_csv(per_model_study / "results/probing/embeddings.csv")
+    embeddings = pd.read_csv(tiny_study / "results/probing/embeddings.csv")
     assert set(embeddings["method"]) == {"pca", "umap"} and set(embeddings["hidden_state_index"]) == {2}
     assert len(embeddings) == 2 * 3 * 4 * 2  # methods x models x prompts x reps
-    snakemake(per_model_study, "--report", "report.html")
-    html = (per_model_study / "report.html").read_text()
+    snakemake(tiny_study, "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text()
     assert all(f"{name}.png" in html for name in FIGURES) and "report.md" in html
 
 
-def test_embeddings_figures_and_report_are_reproduced_byte_for_byte(per_model_study):
-    paths = [per_model_study / f"results/figures/{name}.png" for name in FIGURES] + [
-        per_model_study / "results/report.md", per_model_study / "results/probing/embeddings.csv"]
+def test_embeddings_figures_and_report_are_reproduced_byte_for_byte(study_copy):
+    paths = [study_copy / f"results/figures/{name}.png" for name in FIGURES] + [
+        study_copy / "results/report.md", study_copy / "results/probing/embeddings.csv"]
     before = {path: path.read_bytes() for path in paths}
-    snakemake(per_model_study, "--forcerun", "embeddings")
+    snakemake(study_copy, "--forcerun", "embeddings")
     assert [path for path in paths if path.read_bytes() != before[path]] == []
 
 
-def test_changing_the_lexicon_reruns_coding_and_what_follows_only(per_model_study):
-    lexicon = per_model_study / "lexicon.yaml"
+def test_changing_the_lexicon_reruns_coding_and_what_follows_only(study_copy):
+    lexicon = study_copy / "resources/lexicons/coding.yaml"
     lexicon.write_text(lexicon.read_text().replace("description:", "description: (edited)", 1))
-    assert planned_rules(snakemake(per_model_study, "--dry-run")) == [
+    assert planned_rules(snakemake(study_copy, "--dry-run")) == [
         "agreement_statistics", *["code_keywords"] * 3, "content_statistics", "figures", "probes", "report"]
-    snakemake(per_model_study)
 
 
-def test_forcerun_trace_reruns_tracing_and_only_what_follows_it(per_model_study):
-    assert planned_rules(snakemake(per_model_study, "--dry-run", "-R", "trace")) == [
+def test_forcerun_trace_reruns_tracing_and_only_what_follows_it(tiny_study):
+    assert planned_rules(snakemake(tiny_study, "--dry-run", "-R", "trace")) == [
         "embeddings", "figures", "probes", "report", *["trace"] * 3]
 
 
-def test_rerun_reproduces_generations_bit_for_bit(per_model_study):
-    path = per_model_study / "results/generations/tiny-instruct/self_reference_01.json"
-    entropy = per_model_study / "results/entropy/tiny-instruct/self_reference_01.h5"
+def test_rerun_reproduces_generations_bit_for_bit(study_copy):
+    path = study_copy / "results/generations/tiny-instruct/self_reference_01.json"
+    entropy = study_copy / "results/entropy/tiny-instruct/self_reference_01.h5"
 
     def content():
         data = json.loads(path.read_text())
@@ -193,7 +187,7 @@ def test_rerun_reproduces_generations_bit_for_bit(per_model_study):
         return json.dumps(data, sort_keys=True), arrays, timings
 
     before, before_arrays, before_timings = content()
-    snakemake(per_model_study, "--forcerun", "generate")
+    snakemake(study_copy, str(path.relative_to(study_copy)), "--forcerun", "generate")  # that model's job only
     after, after_arrays, after_timings = content()
     assert before == after  # every byte but the job timings
     assert before_timings != after_timings  # the job really ran again
@@ -202,29 +196,27 @@ def test_rerun_reproduces_generations_bit_for_bit(per_model_study):
 
 
 def edit_prompt(study, prompt_id):
-    path = study / f"prompts/{prompt_id}.yaml"
+    path = study / f"resources/prompts/{prompt_id}.yaml"
     path.write_text(path.read_text().replace("instruct: \"", "instruct: \"Please: "))
 
 
 def test_editing_one_prompt_reruns_only_its_jobs(per_prompt_study):
-    os.utime(per_prompt_study / "prompts/topic_control_01.yaml")  # a touch alone changes nothing
-    assert planned(snakemake(per_prompt_study, "--dry-run")) == []
-    edit_prompt(per_prompt_study, "self_reference_01")
-    jobs = planned(snakemake(per_prompt_study, "--dry-run"))
+    """Only the edited prompt's model jobs (what follows them reruns as in the test below)."""
+    study, targets = per_prompt_study
+    os.utime(study / "resources/prompts/topic_control_01.yaml")  # a touch alone changes nothing
+    assert planned(snakemake(study, "--dry-run", *targets)) == []
+    edit_prompt(study, "self_reference_01")
+    jobs = planned(snakemake(study, "--dry-run", *targets))
     models = ("tiny-base", "tiny-instruct")
-    model_jobs = [(rule, f"model={m}, prompt=self_reference_01") for rule in ("generate", "trace") for m in models]
-    analysis = [(rule, f"model={m}") for rule in ("code_keywords", "judge") for m in models] + [
-        ("content_statistics", ""), ("entropy_statistics", ""), ("agreement_statistics", ""), ("probes", ""),
-        ("embeddings", ""), ("figures", ""), ("report", "")]
-    assert sorted(jobs) == sorted(model_jobs + analysis)
+    assert sorted(jobs) == sorted((rule, f"model={m}, prompt=self_reference_01") for rule in ("generate", "trace")
+                                  for m in models)
 
 
-def test_editing_one_prompt_reruns_its_model_jobs_at_model_granularity(per_model_study):
-    edit_prompt(per_model_study, "self_reference_01")
-    assert planned_rules(snakemake(per_model_study, "--dry-run")) == [
+def test_editing_one_prompt_reruns_its_model_jobs_at_model_granularity(study_copy):
+    edit_prompt(study_copy, "self_reference_01")
+    assert planned_rules(snakemake(study_copy, "--dry-run")) == [
         "agreement_statistics", *["code_keywords"] * 3, "content_statistics", "embeddings", "entropy_statistics",
         "figures", *["generate"] * 3, *["judge"] * 3, "probes", "report", *["trace"] * 3]
-    snakemake(per_model_study)
 
 
 @pytest.mark.parametrize("granularity, jobs", [("model", 24), ("prompt", 960)])
@@ -251,18 +243,14 @@ def test_seed_study_dry_run_plans_every_output_without_loading_models(granularit
     "change, message",
     [
         ({"generation": {"temperature": "hot"}}, "key 'generation.temperature': 'hot' is not of type 'number'"),
-        ({"generation": {"reps": 0}}, "key 'generation.reps': 0 is less than the minimum of 1"),
-        ({"models": {"bad": {"family": "f", "size_b": 1, "variant": "base", "source": {"kind": "ftp"}}}},
-         "key 'models.bad.source.kind': 'ftp' is not one of"),
-        ({"models": {"bad": {"family": "f", "size_b": 1, "variant": "base", "source": {"kind": "hf"}}}},
-         "key 'models.bad.source': 'id' is a required property"),
-        ({"jobs": {"granularity": "rep"}}, "key 'jobs.granularity'"),
         ({"judge": {"model": "nobody"}}, "config key 'judge.model': 'nobody' is not one of the models"),
     ],
+    ids=["schema", "judge"],
 )
-def test_invalid_config_fails_before_any_job_naming_the_key(change, message, tokenizer_dir, tmp_path):
-    models = {**tiny_models(tokenizer_dir), **change.pop("models", {})}
-    write_study(tmp_path, models, **change)
+def test_invalid_config_fails_before_any_job_naming_the_key(change, message, tmp_path):
+    """The schema's message (every case: tests/test_design.py) and the Snakefile's own check reach the
+    terminal, without a traceback, before any job."""
+    write_study(tmp_path, TINY_STUDY, **change)
     result = snakemake(tmp_path, check=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
@@ -270,48 +258,42 @@ def test_invalid_config_fails_before_any_job_naming_the_key(change, message, tok
     assert not (tmp_path / "results").exists()
 
 
-def test_prompt_file_with_a_missing_field_is_named(tokenizer_dir, tmp_path):
-    write_study(tmp_path, tiny_models(tokenizer_dir))
-    broken = tmp_path / "prompts/topic_control_03.yaml"
-    broken.write_text("id: topic_control_03\ntype: topic_control\ninstruct: Explain tides.\n")
-    result = snakemake(tmp_path, "--dry-run", check=False)
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
-    assert f"prompt file {Path('prompts/topic_control_03.yaml')} is invalid" in output
-    assert "key '(top level)': 'base' is a required property" in output
-
-
-def test_unknown_model_package_fails_naming_the_model(tokenizer_dir, tmp_path):
-    models = {"ghost": {"family": "f", "size_b": 1, "variant": "base",
-                        "source": {"kind": "gguf_package", "package": "no_such_pkg_xyz", "file": "m.gguf"}}}
-    write_study(tmp_path, models)
-    result = snakemake(tmp_path, check=False)
+def test_unknown_model_package_fails_naming_the_model(tmp_path):
+    ghost = {"family": "f", "size_b": 1, "variant": "base",
+             "source": {"kind": "gguf_package", "package": "no_such_pkg_xyz", "file": "m.gguf"}}
+    write_study(tmp_path, TINY_STUDY, models={"ghost": ghost})
+    result = snakemake(tmp_path, "results/models/ghost/manifest.json", check=False)
     assert result.returncode != 0
     log = (tmp_path / "results/logs/prepare_model/ghost.log").read_text()
     assert "model ghost (source gguf_package package=no_such_pkg_xyz" in log and "not installed" in log
     assert not (tmp_path / "results/models/ghost/manifest.json").exists()
 
 
-def test_killed_run_leaves_no_output_taken_as_complete(tokenizer_dir, tmp_path):
-    write_study(tmp_path, tiny_models(tokenizer_dir), generation={"max_new_tokens": 100, "reps": 4})
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-               "--configfile", str(tmp_path / "config.yaml"), "--cores", "2"]
+def test_killed_run_leaves_no_output_taken_as_complete(study_copy):
+    """Generation (now 100 tokens x 4 reps) killed in a copy of the tiny study whose generations are removed."""
+    write_study(study_copy, TINY_STUDY, generation={"max_new_tokens": 100, "reps": 4})
+    for folder in ("generations", "entropy", "logs/generate"):
+        shutil.rmtree(study_copy / "results" / folder)
+    targets = [f"results/generations/{m}/self_reference_01.json" for m in ("tiny-base", "tiny-instruct")]
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(study_copy), "--configfile", str(study_copy / "config.yaml"), "--cores", "2", *targets]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    started = tmp_path / "results/logs/generate/tiny-base.log"
+    started = study_copy / "results/logs/generate/tiny-base.log"
     deadline = time.time() + 300
     while not (started.exists() and "loaded" in started.read_text()) and time.time() < deadline:
         time.sleep(0.2)
     assert started.exists(), "generate never started"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    killed = [p for p in (tmp_path / "results").rglob("*") if "tiny-base" in p.parts and p.suffix in (".json", ".h5")
-              and ("generations" in p.parts or "entropy" in p.parts)]
+    killed = [p for p in (study_copy / "results").rglob("*") if "tiny-base" in p.parts
+              and p.suffix in (".json", ".h5") and ("generations" in p.parts or "entropy" in p.parts)]
     assert killed == []  # the killed job left nothing that looks finished
-    finished = {p.parent.name for p in (tmp_path / "results/generations").rglob("*.json")}
-    for path in (tmp_path / "results/generations").rglob("*.json"):
+    finished = {p.parent.name for p in (study_copy / "results/generations").rglob("*.json")}
+    for path in (study_copy / "results/generations").rglob("*.json"):
         json.loads(path.read_text())  # what another job finished is whole, and kept
-    rerun = planned(snakemake(tmp_path, "--dry-run"))
-    assert {w for rule, w in rerun if rule == "generate"} == {f"model={m}" for m in {"tiny-base", "tiny-instruct"} - finished}
-    snakemake(tmp_path, "--unlock")  # what a user does after a kill: the lock outlives the process
-    snakemake(tmp_path)
-    assert len(list((tmp_path / "results/generations").rglob("*.json"))) == 8
+    rerun = planned(snakemake(study_copy, "--dry-run", *targets))
+    assert {w for rule, w in rerun if rule == "generate"} == {
+        f"model={m}" for m in {"tiny-base", "tiny-instruct"} - finished}
+    snakemake(study_copy, "--unlock")  # what a user does after a kill: the lock outlives the process
+    snakemake(study_copy, *targets)
+    assert len(list((study_copy / "results/generations").rglob("*.json"))) == 8
