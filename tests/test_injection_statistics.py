@@ -305,7 +305,8 @@ def test_report_section_reads_the_new_controls(tmp_path):
 
     tables = {"detection_logits": detection_logit_statistics(
         through_files(tmp_path, detection_records(), "detection_logits"))}
-    settings = {"models": ["m"], "vector_method": "mean_subtraction", "n_concepts": 4, "layer_fractions": [0.5],
+    settings = {"models": ["m"], "experiments": ["detection_logits", "forced_identification"],
+                "vector_method": "mean_subtraction", "n_concepts": 4, "layer_fractions": [0.5],
                 "strengths": [1.0], "n_variants": 10, "min_option_mass": 0.1}
     text = "\n\n".join(_injection({"tables": json_ready(tables)}, settings, []))
     shown = {line.split(" | ")[4] for line in text.splitlines() if line.startswith("| detection_logits")}

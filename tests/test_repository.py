@@ -55,7 +55,7 @@ def test_slurm_profile_requests_gpus_for_model_rules_only(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--workflow-profile", str(REPO / "profiles/slurm"), "--configfile", str(REPO / "config/seed_study.yaml"),
-         "--config", f"prompts={{dir: {REPO / 'resources/prompts'}}}", f"coding={{lexicon: {REPO / 'resources/lexicons/coding.yaml'}}}",
+         "--config", f"prompts={{dir: {REPO / 'resources/prompts'}}}", f"coding={{lexicon: {REPO / 'resources/lexicons/coding.yaml'}, labelled_examples: {REPO / 'resources/lexicons/labelled_examples.yaml'}}}",
          f"judge={{rubric: {REPO / 'resources/judge/rubric.yaml'}}}",
          "--dry-run"],
         capture_output=True, text=True, timeout=300,
