@@ -274,6 +274,9 @@ def test_localization_accuracy_margins_and_position_bias(tmp_path):
     for _, row in one_cell[one_cell["question"] + one_cell["kind"] != "locateinjected"].iterrows():
         assert (row["successes"], row["n"], row["p_value"]) == (20, 100, pytest.approx(1.0))
     assert one_cell["p_holm"].min() == pytest.approx(4 * 0.2**100, rel=1e-9)  # Holm over the cell's 4 tests
+    # Holm over the sweep: the measure's 8 tests in both cells (statsmodels as the reference)
+    assert accuracy["p_holm_sweep"].to_numpy() == pytest.approx(multipletests(accuracy["p_value"], method="holm")[1], rel=1e-9)
+    assert accuracy["p_holm_sweep"].min() == pytest.approx(8 * 0.2**100, rel=1e-9)
 
     margins = tables["margins"]
     assert len(margins) == 2 * 3

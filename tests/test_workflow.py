@@ -133,6 +133,38 @@ def test_statistics_run_on_the_coded_and_judged_completions(tiny_study):
         (tiny_study / "results").glob("activations_noise"))
 
 
+def test_a_base_instruct_pair_gets_identity_probes_and_their_calibration(study_copy):
+    """A base model of tiny-instruct's family and size makes a pair: the identical-text traces (each
+    model on its partner's completions) and the weight-noise trace run, and the probing summary
+    estimates what the tiny study, without a pair, calls not estimable."""
+    base = "tiny-llama-base"
+    instruct = TINY_STUDY["models"]["tiny-instruct"]
+    models = {**TINY_STUDY["models"], base: {**instruct, "variant": "base", "source": {**instruct["source"], "seed": 2}}}
+    write_study(study_copy, TINY_STUDY, models=models)
+    snakemake(study_copy, "results/statistics/probing_statistics.json")
+    for model, partner in ((base, "tiny-instruct"), ("tiny-instruct", base)):
+        generation = json.loads((study_copy / f"results/generations/{partner}/self_reference_01.json").read_text())
+        with h5py.File(study_copy / f"results/activations_cross/{model}/self_reference_01.h5") as cross:
+            assert list(cross["prompt/token_ids"]) == generation["prompt"]["token_ids"]  # the partner's ids
+            for rep in generation["reps"]:
+                assert list(cross[f"rep_{rep['rep']:02d}/token_ids"]) == rep["token_ids"]
+    assert (study_copy / f"results/activations_noise/{base}/self_reference_01.h5").exists()
+    assert not list((study_copy / "results/activations_noise").glob("tiny-instruct"))  # noise only on the base
+    summary = json.loads((study_copy / "results/statistics/probing_statistics.json").read_text())["identity"]
+    assert summary["pairs"] == [[base, "tiny-instruct"]]
+    for probe in ("reader", "generator"):
+        assert summary["identical_text"][probe]["estimable"], summary["identical_text"][probe]
+    calibration = summary["weight_difference_calibration"]
+    assert calibration["selection"]["estimable"] and len(calibration["by_layer"]) >= 1
+    for row in calibration["by_layer"]:
+        assert row["margin"] == pytest.approx(row["accuracy_pair"] - row["accuracy_noise"])
+    assert {row["model"] for row in summary["direction_content"]["rows"]} <= {base, "tiny-instruct"}
+    probes = pd.read_csv(study_copy / "results/probing/probes.csv")
+    variant = probes[probes["task"] == "base_vs_instruct"]
+    assert set(variant.loc[variant["estimable"], "subset"]) == {  # the pair in each condition
+        f"pair={base}/tiny-instruct", f"shared_frame: pair={base}/{TWIN}"}
+
+
 FIGURES = ("keyword_scores", "judge_scores", "agreement", "first_token_entropy", "entropy_profiles",
            "probe_accuracy", "activation_embeddings")
 

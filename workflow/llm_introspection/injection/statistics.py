@@ -3,7 +3,9 @@
 Rates come with Wilson score intervals, differences between independent rates (injected vs
 control trials) with Newcombe's hybrid score interval (both from statsmodels), sensitivity d'
 with the log-linear correction, and rates against chance with exact two-sided binomial tests
-(scipy), Holm-adjusted within a cell and experiment (the family: that cell's tests of one table). Every table is
+(scipy), Holm-adjusted twice: p_holm within a cell (the family: that cell's tests of one table) and
+p_holm_sweep over the experiment's whole sweep (the family: one measure of one table across every
+model, layer, vector method and strength), the one to cite when a cell is picked from the sweep. Every table is
 tidy: one row per cell (model, layer, vector_method, strength_relative) and measure, with the
 columns of MEASURE_COLUMNS, ready for CSV and (through json_ready) JSON.
 
@@ -29,7 +31,7 @@ from ..study.statistics import bootstrap_ci, holm
 CELL = ("model", "layer", "vector_method", "strength_relative")
 MEASURE_COLUMNS = (
     *CELL, "measure", "estimate", "low", "high", "successes", "n", "reference_successes", "reference_n",
-    "chance", "p_value", "p_holm",
+    "chance", "p_value", "p_holm", "p_holm_sweep",
 )
 
 # --- intervals and tests ------------------------------------------------------------------------
@@ -111,12 +113,14 @@ def mean_row(measure, values, seed=0, n_resamples=10000):
 
 
 def _table(rows, extra=()):
-    """Rows as a table of MEASURE_COLUMNS (+ extra), p-values Holm-adjusted within each cell."""
+    """Rows as a table of MEASURE_COLUMNS (+ extra), p-values Holm-adjusted within each cell
+    (p_holm) and within each measure over all cells (p_holm_sweep)."""
     table = pd.DataFrame(rows).reindex(columns=[*MEASURE_COLUMNS, *extra])
-    tested = table["p_value"].notna()
-    table["p_holm"] = np.nan
-    for _, index in table[tested].groupby(list(CELL), dropna=False).groups.items():
-        table.loc[index, "p_holm"] = holm(table.loc[index, "p_value"])[0]
+    tested = table[table["p_value"].notna()]
+    for column, family in (("p_holm", list(CELL)), ("p_holm_sweep", "measure")):
+        table[column] = np.nan
+        for _, index in tested.groupby(family, dropna=False).groups.items():
+            table.loc[index, column] = holm(table.loc[index, "p_value"])[0]
     return table
 
 

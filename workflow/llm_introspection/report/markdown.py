@@ -250,7 +250,8 @@ def _injection_rows(tables):
             label = f"{r.measure} ({r.question}, {r.kind})" if headline.by_kind else r.measure
             rows.append({"experiment": experiment, "model": r.model, "layer": r.layer, "strength": r.strength_relative,
                          "measure": label, "estimate [95% CI]": _interval(r.estimate, r.low, r.high),
-                         "n": int(r.n), "chance": r.chance, "p vs chance (Holm)": r.p_holm})
+                         "n": int(r.n), "chance": r.chance, "p vs chance (Holm, cell)": r.p_holm,
+                         "p (Holm, sweep)": r.p_holm_sweep})
     return pd.DataFrame(rows)
 
 
@@ -265,7 +266,7 @@ def _injection(summary, settings, figures):
         f"Models {', '.join(settings['models'])}; {settings['vector_method']} vectors of the first "
         f"{settings['n_concepts']} concepts, injected at layer fractions {settings['layer_fractions']}{own_layers} with strengths "
         f"{settings['strengths']} x the layer's mean residual norm (first position excluded). Rates with Wilson "
-        "intervals; p against chance by exact binomial tests, Holm within each cell.",
+        "intervals; p against chance by exact binomial tests, Holm within each cell and over the sweep.",
         *[_figure(name, caption) for name, caption in figures],
         markdown_table(_injection_rows(tables)),
     ]
@@ -290,10 +291,11 @@ def _injection(summary, settings, figures):
         f"whose yes and no held less than {settings['min_option_mass']} of the probability). Forced "
         "identification is read against its leak arm: top1_injected_minus_leak is how much more often the "
         "concept is named when asked about thoughts than when a request for any word lets it leak. Holm "
-        "corrections: per cell and table, over that cell's tests against chance only — forced identification's "
-        "four top-1 rates (thought question and leak, injected and unsteered) and localization's accuracy of "
-        "every question and kind; the logit metric and the differences test nothing against chance and carry "
-        "intervals only. Small models are not expected to pass these controls.")
+        "corrections: 'cell' is per cell and table, over that cell's tests against chance only — forced "
+        "identification's four top-1 rates (thought question and leak, injected and unsteered) and "
+        "localization's accuracy of every question and kind; 'sweep' is per measure over every model, layer, "
+        "vector method and strength of the experiment, the one to cite for a cell picked from the heatmaps; "
+        "the logit metric and the differences test nothing against chance and carry intervals only. Small models are not expected to pass these controls.")
     return sections
 
 
