@@ -316,4 +316,4 @@ def test_report_section_reads_the_new_controls(tmp_path):
     assert shown == {"hit_rate", "false_alarm_rate", "hit_minus_false_alarm", "d_prime", "random_yes_rate",
                      "control_question_yes_bias"}
     assert "one control trial" not in text and "over 10 wordings" in text and "less than 0.1" in text
-    assert "Holm corrections: per cell and table" in text
+    assert "Holm corrections: 'cell' is per cell and table" in text and "'sweep' is per measure over every model" in text
