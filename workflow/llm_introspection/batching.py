@@ -1,5 +1,9 @@
 """Left-padded batches of token sequences, as every model pass of the workflow feeds them."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import torch
 
 # The id written into padded positions: any id serves, since they are masked out of attention and
@@ -7,7 +11,8 @@ import torch
 PAD_ID = 0
 
 
-def left_pad(sequences: list, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int,
+             device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded ids, attention mask and position ids (positions count real tokens only)."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)

@@ -4,8 +4,12 @@ them at parse time, so a missing model or one that needs custom code fails befor
 Free of torch imports.
 """
 
+from __future__ import annotations
+
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 from .storage import read_json
@@ -35,7 +39,7 @@ def _cached_hub_config(source):
     return read_json(found) if isinstance(found, str) else None
 
 
-def source_config(source: dict) -> dict | None:
+def source_config(source: Mapping[str, Any]) -> dict[str, Any] | None:
     """The config.json that comes with a source's weights, where it can be read now: a local
     directory's, a Hub model's when the cache has it; None for the other kinds. A local directory
     or GGUF file that is not there, or a package not installed, raises InputError."""
@@ -69,7 +73,7 @@ def _code_repository(auto_map, default):
     return default
 
 
-def check_models(models: dict) -> None:
+def check_models(models: Mapping[str, Mapping[str, Any]]) -> None:
     """Raise InputError, naming the model and its key, for a model whose source is not there or
     that needs custom code (auto_map in its config.json) without `trust_remote_code: true`."""
     for name, spec in models.items():

@@ -4,12 +4,19 @@ Hidden-state index h follows the transformers convention: 0 is the embedding out
 block 0) and h >= 1 the output of block h - 1, read before the final norm.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from .errors import InputError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def decoder_layers(model) -> torch.nn.ModuleList:
+
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
     """The decoder's list of blocks (model.get_decoder().layers)."""
     layers = getattr(model.get_decoder(), "layers", None)
     if layers is None:
@@ -17,7 +24,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     return layers
 
 
-def residual_module(model, index: int) -> torch.nn.Module:
+def residual_module(model: PreTrainedModel, index: int) -> torch.nn.Module:
     """The module whose output is hidden state `index`: the embeddings for 0, else block index - 1."""
     layers = decoder_layers(model)
     if not 0 <= index <= len(layers):
@@ -25,7 +32,7 @@ def residual_module(model, index: int) -> torch.nn.Module:
     return model.get_input_embeddings() if index == 0 else layers[index - 1]
 
 
-def untuple_tensor(output):
+def untuple_tensor(output: torch.Tensor | tuple[Any, ...]) -> torch.Tensor:
     """A module's hidden-state output: the first element of a tuple (most transformers layers) or
     the tensor itself (layers of transformers 5 that return one)."""
     return output[0] if isinstance(output, tuple) else output

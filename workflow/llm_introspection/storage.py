@@ -1,14 +1,18 @@
 """Atomic output files and the provenance every output carries."""
 
+from __future__ import annotations
+
 import json
 import os
 import platform
 import re
 import shutil
 import sys
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import h5py
 import pandas as pd
@@ -45,7 +49,7 @@ _PRODUCERS = (
 )
 
 
-def producer(path) -> tuple[str, str] | None:
+def producer(path: Path | str) -> tuple[str, str] | None:
     """The rule that writes a workflow file and the output to force to rebuild it (a prepared
     model's files: its manifest), from the file's path; None for a file no rule writes."""
     match = re.search(r"(?:^|/)(results/.*)$", Path(path).as_posix())
@@ -60,7 +64,7 @@ def producer(path) -> tuple[str, str] | None:
     return None
 
 
-def unreadable(path, error) -> InputError:
+def unreadable(path: Path | str, error: Exception) -> InputError:
     """The error for a file that cannot be decoded: it names the file and, for a workflow output,
     the command (and rule) that rebuilds it."""
     message = f"{path} is unreadable (truncated or corrupt: {type(error).__name__}: {error})"
@@ -71,7 +75,7 @@ def unreadable(path, error) -> InputError:
     return InputError(message)
 
 
-def remove_stale_temporaries(paths) -> list[Path]:
+def remove_stale_temporaries(paths: Iterable[Path | str]) -> list[Path]:
     """Remove the '.tmp-PID-name' leftovers that killed jobs left of these outputs; return them."""
     removed = []
     for path in map(Path, paths):
@@ -89,7 +93,7 @@ def remove_stale_temporaries(paths) -> list[Path]:
 
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path (file or directory) beside `path`; rename it to `path` on success.
 
     A crash or kill leaves at most a '.tmp-*' file, never a file at `path` that looks complete.
@@ -107,25 +111,25 @@ def atomic_path(path):
             tmp.unlink()
 
 
-def write_text(path, text):
+def write_text(path: Path | str, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
-def write_json(path, data):
+def write_json(path: Path | str, data: Any) -> None:
     """Write JSON atomically, keys in a stable order, so equal data gives equal bytes."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def write_csv(path, table) -> None:
+def write_csv(path: Path | str, table: pd.DataFrame) -> None:
     """Write a DataFrame as CSV atomically."""
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 
 
-def read_json(path):
+def read_json(path: Path | str) -> Any:
     """Parse a JSON file; one that does not decode raises `unreadable`."""
     try:
         return json.loads(Path(path).read_text())
@@ -133,7 +137,7 @@ def read_json(path):
         raise unreadable(path, error) from None
 
 
-def read_csv(path) -> pd.DataFrame:
+def read_csv(path: Path | str) -> pd.DataFrame:
     """Read a CSV file; one that does not parse raises `unreadable`."""
     try:
         return pd.read_csv(path)
@@ -142,7 +146,7 @@ def read_csv(path) -> pd.DataFrame:
 
 
 @contextmanager
-def open_h5(path):
+def open_h5(path: Path | str) -> Iterator[h5py.File]:
     """Open an HDF5 file to read; one that does not open or read raises `unreadable`."""
     try:
         with h5py.File(path, "r") as handle:
@@ -152,14 +156,14 @@ def open_h5(path):
 
 
 @contextmanager
-def atomic_h5(path):
+def atomic_h5(path: Path | str) -> Iterator[h5py.File]:
     """Open a new HDF5 file for writing; it appears at `path` only once closed successfully."""
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as handle:
             yield handle
 
 
-def set_attrs(node, attrs):
+def set_attrs(node: h5py.Group | h5py.Dataset, attrs: Mapping[str, Any]) -> None:
     """Store a dict as HDF5 attributes; nested values and None become JSON strings."""
     for key, value in attrs.items():
         if value is None or isinstance(value, (dict, list, tuple)):
@@ -167,7 +171,7 @@ def set_attrs(node, attrs):
         node.attrs[key] = value
 
 
-def versions():
+def versions() -> dict[str, str | None]:
     """Versions of Python, the platform and the packages that shape the numbers."""
     found = {"python": sys.version.split()[0], "platform": platform.platform(), "llm_introspection": __version__}
     for name in _PACKAGES:

@@ -1,13 +1,15 @@
 """Weight noise the size of a base/instruct pair's difference: the calibration of what two
 different weight sets alone let a probe read."""
 
+from __future__ import annotations
+
 import torch
 
 from .errors import InputError
 
 
 @torch.no_grad()
-def add_difference_sized_noise(model, partner, seed: int) -> dict:
+def add_difference_sized_noise(model: torch.nn.Module, partner: torch.nn.Module, seed: int) -> dict[str, float]:
     """Add to every parameter tensor of `model` Gaussian noise whose Frobenius norm equals that
     tensor's difference from the same-named tensor of `partner` (random direction, same size).
 

@@ -1,13 +1,25 @@
 """Grading of sampled detection answers by a grading model (the judge of the config), read from
 the probabilities of the rubric's yes and no options."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
 from ..prompts import framed_ids, tokenizer_name
 from ..readout.options import answer_frame, option_answers, option_log_probs, truncate_completion
 from .cell import concept_word
 from .texts import CONTROL_CRITERIA, CRITERIA
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def grade_responses(model, tokenizer, responses, rubric, question, max_response_tokens=256, batch_size=8):
+    from .texts import GradingRubric
+
+
+def grade_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                    responses: Sequence[Mapping[str, Any]], rubric: GradingRubric, question: str,
+                    max_response_tokens: int = 256, batch_size: int = 8) -> list[dict[str, Any]]:
     """Grade detection responses (records of run_detection_responses) with a grading model: per
     criterion one pass, the verdict read from the probabilities of the rubric's yes and no options
     after the prefill (renormalised over the two). Injected trials are graded on CRITERIA, controls

@@ -17,7 +17,12 @@ share their sentence sets, so the independent-samples interval of a margin is co
 they are positively correlated.
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +33,9 @@ from ..registry import EXPERIMENTS
 from ..storage import read_json, versions, write_csv, write_json
 from ..study.statistics import bootstrap_ci, holm
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
 CELL = ("model", "layer", "vector_method", "strength_relative")
 MEASURE_COLUMNS = (
     *CELL, "measure", "estimate", "low", "high", "successes", "n", "reference_successes", "reference_n",
@@ -36,7 +44,7 @@ MEASURE_COLUMNS = (
 
 # --- intervals and tests ------------------------------------------------------------------------
 
-def wilson_interval(successes, n, confidence=0.95):
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion; NaN bounds when n is 0."""
     if n == 0:
         return float("nan"), float("nan")
@@ -44,7 +52,8 @@ def wilson_interval(successes, n, confidence=0.95):
     return float(low), float(high)
 
 
-def newcombe_difference(successes, n, reference_successes, reference_n, confidence=0.95):
+def newcombe_difference(successes: int, n: int, reference_successes: int, reference_n: int,
+                        confidence: float = 0.95) -> tuple[float, float, float]:
     """successes/n - reference_successes/reference_n and Newcombe's hybrid score interval (his
     method 10) for independent samples; NaN when a sample is empty."""
     if n == 0 or reference_n == 0:
@@ -70,12 +79,13 @@ def d_prime(hits: int, n_signal: int, false_alarms: int, n_noise: int,
     return estimate, estimate - half, estimate + half
 
 
-def binomial_p(successes, n, chance):
+def binomial_p(successes: int, n: int, chance: float) -> float:
     """Exact two-sided binomial test of successes out of n against the rate `chance`."""
     return float(binomtest(int(successes), int(n), chance).pvalue) if n else float("nan")
 
 
-def rate_row(measure, flags, chance=None, confidence=0.95):
+def rate_row(measure: str, flags: ArrayLike, chance: float | None = None,
+             confidence: float = 0.95) -> dict[str, Any]:
     """A rate measure from boolean flags: estimate, Wilson bounds, counts and, given a chance
     rate, the binomial test against it."""
     flags = np.asarray(flags, dtype=bool)
@@ -86,7 +96,8 @@ def rate_row(measure, flags, chance=None, confidence=0.95):
             "p_value": binomial_p(successes, n, chance) if chance is not None else float("nan")}
 
 
-def difference_row(measure, flags, reference_flags, confidence=0.95):
+def difference_row(measure: str, flags: ArrayLike, reference_flags: ArrayLike,
+                   confidence: float = 0.95) -> dict[str, Any]:
     """The difference of two independent rates with Newcombe's interval."""
     flags, reference = np.asarray(flags, dtype=bool), np.asarray(reference_flags, dtype=bool)
     estimate, low, high = newcombe_difference(int(flags.sum()), flags.size, int(reference.sum()), reference.size,
@@ -95,7 +106,8 @@ def difference_row(measure, flags, reference_flags, confidence=0.95):
             "n": int(flags.size), "reference_successes": int(reference.sum()), "reference_n": int(reference.size)}
 
 
-def d_prime_row(measure: str, hits, false_alarms, confidence: float = 0.95) -> dict:
+def d_prime_row(measure: str, hits: ArrayLike, false_alarms: ArrayLike,
+                confidence: float = 0.95) -> dict[str, Any]:
     """d' of boolean hit flags (signal trials) against false-alarm flags (noise trials)."""
     hits, alarms = np.asarray(hits, dtype=bool), np.asarray(false_alarms, dtype=bool)
     estimate, low, high = d_prime(int(hits.sum()), hits.size, int(alarms.sum()), alarms.size, confidence)
@@ -103,7 +115,7 @@ def d_prime_row(measure: str, hits, false_alarms, confidence: float = 0.95) -> d
             "n": int(hits.size), "reference_successes": int(alarms.sum()), "reference_n": int(alarms.size)}
 
 
-def mean_row(measure, values, seed=0, n_resamples=10000):
+def mean_row(measure: str, values: ArrayLike, seed: int = 0, n_resamples: int = 10000) -> dict[str, Any]:
     """A mean with its percentile bootstrap interval (statistics.bootstrap_ci)."""
     values = np.asarray(values, dtype=float)
     if values.size == 0:
@@ -134,7 +146,7 @@ def _flags(series):
 
 # --- experiments --------------------------------------------------------------------------------
 
-def detection_logit_statistics(records):
+def detection_logit_statistics(records: pd.DataFrame) -> pd.DataFrame:
     """Per cell, from run_detection_logits records (every trial its own forward pass): on the
     detection question, hit_rate (injected trials answering yes), false_alarm_rate (unsteered
     trials, one per wording, answering yes), hit_minus_false_alarm (Newcombe), d_prime (log-linear
@@ -167,7 +179,7 @@ def detection_logit_statistics(records):
     return _table(rows)
 
 
-def detection_response_statistics(graded):
+def detection_response_statistics(graded: pd.DataFrame) -> pd.DataFrame:
     """Per cell, from grade_responses records: a claim is a coherent, affirmative response.
     hit_rate (claims on injected trials), false_alarm_rate (on controls), their difference,
     identification_given_claim (identifies, among injected claims), detected_and_identified (all
@@ -190,7 +202,7 @@ def detection_response_statistics(graded):
     return _table(rows)
 
 
-def forced_identification_statistics(records, seed=0):
+def forced_identification_statistics(records: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Per cell, from run_forced_identification records (every trial its own forward pass): the
     top-1 rate of the read concept among the candidates (binomial tests against 1/n_candidates) on
     the thought question injected (top1_injected) and unsteered (top1_control, one trial per
@@ -218,7 +230,7 @@ def forced_identification_statistics(records, seed=0):
     return _table(rows)
 
 
-def thought_vs_text_statistics(records, seed=0):
+def thought_vs_text_statistics(records: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Per cell, from run_thought_vs_text records: the injected concept's top-1 rate as the
     thought on injected and control trials (binomial tests against 1/n_candidates) and their
     difference; the exact-repeat rate of the sentence on each and their difference; and the change
@@ -240,7 +252,7 @@ def thought_vs_text_statistics(records, seed=0):
     return _table(rows)
 
 
-def prefill_intent_statistics(records, seed=0):
+def prefill_intent_statistics(records: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Per cell, from run_prefill_intent records: the rate of claiming the prefilled word was
     intended with its own concept injected, with another concept injected (mismatched) and with
     nothing injected; the differences injected - control, mismatched - control and injected -
@@ -259,7 +271,7 @@ def prefill_intent_statistics(records, seed=0):
     return _table(rows)
 
 
-def intentional_control_statistics(records, seed=0):
+def intentional_control_statistics(records: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Per cell, from run_intentional_control records: the mean cosine similarity with the concept
     vector under each instruction, and the paired differences (per trial) think - dont_think,
     dont_think - neutral and think - neutral, with bootstrap intervals."""
@@ -273,7 +285,7 @@ def intentional_control_statistics(records, seed=0):
     return _table(rows)
 
 
-def localization_statistics(records):
+def localization_statistics(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """From run_localization records, three tables:
 
     accuracy: per cell, question and kind (injected, random), the rate of answering the steered
@@ -318,17 +330,17 @@ def _answer_distribution(group, keys):
     return rows
 
 
-def json_ready(tables):
+def json_ready(tables: Mapping[str, pd.DataFrame]) -> dict[str, list[dict[str, Any]]]:
     """A dict of tables as JSON-ready lists of records (NaN becomes null)."""
     return {name: json.loads(table.to_json(orient="records")) for name, table in tables.items()}
 
 
-def read_records(paths):
+def read_records(paths: Iterable[Path | str]) -> pd.DataFrame:
     """The records of the given record files (injection.write_records) as one table."""
     return pd.DataFrame([record for path in paths for record in read_json(path)["records"]])
 
 
-def experiment_tables(experiment, records, seed=0):
+def experiment_tables(experiment: str, records: pd.DataFrame, seed: int = 0) -> dict[str, pd.DataFrame]:
     """The statistics tables of one experiment's records, by output name (injection_<name>.csv),
     from the statistics function the registry names."""
     spec = EXPERIMENTS[experiment]
@@ -339,7 +351,8 @@ def experiment_tables(experiment, records, seed=0):
     return {experiment: result}
 
 
-def run_injection_statistics(inputs, outputs, seed):
+def run_injection_statistics(inputs: Mapping[str, Sequence[Path | str]], outputs: Mapping[str, Path | str],
+                             seed: int) -> None:
     """injection_<table>.csv for every table of every experiment (`inputs`: experiment -> record
     files; detection_responses -> graded files) and injection_statistics.json with all of them."""
     tables, sources = {}, {}

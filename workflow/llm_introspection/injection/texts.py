@@ -3,9 +3,12 @@
 Free of torch: the workflow validates every configured resource file when it is parsed.
 """
 
+from __future__ import annotations
+
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import read_resource
 from ..errors import InputError
@@ -18,8 +21,8 @@ INSTRUCTIONS = ("think", "dont_think", "neutral")
 
 @dataclass(frozen=True)
 class ConceptWords:
-    concepts: tuple
-    baseline: tuple
+    concepts: tuple[str, ...]
+    baseline: tuple[str, ...]
     template: str  # "{word}" is replaced by the word in lower case
 
 
@@ -37,7 +40,7 @@ class AnswerSpec:
     path: Path
     prefill: str
     separator: str
-    options: tuple
+    options: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,10 @@ class DetectionTexts:
     question: str
     answer: AnswerSpec  # prefill as written; the options yes, no
     forced_prefill: str
-    wordings: tuple  # the question, then its paraphrases: the logit metric's and forced identification's variants
-    control_questions: tuple  # yes/no questions whose truthful answer is no, injection or not
-    leak_requests: tuple  # requests for a word that do not ask about thoughts
+    # the question, then its paraphrases: the logit metric's and forced identification's variants
+    wordings: tuple[str, ...]
+    control_questions: tuple[str, ...]  # yes/no questions whose truthful answer is no, injection or not
+    leak_requests: tuple[str, ...]  # requests for a word that do not ask about thoughts
     leak_prefill: str
 
 
@@ -75,14 +79,14 @@ class LocalizationTexts:
     sentence_format: str
     separator: str
     introspection: str
-    questions: dict  # name -> Question, in file order
+    questions: dict[str, Question]  # in file order
 
 
 @dataclass(frozen=True)
 class GradingRubric(RubricText):
     """A grading rubric: RubricText (options: yes, no) and one question per criterion."""
 
-    criteria: dict  # name -> question, in CRITERIA order
+    criteria: dict[str, str]  # name -> question, in CRITERIA order
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ class ThoughtTexts:
     word_question: str
     follow_up: str
     intent_answer: AnswerSpec  # options: intended, accident
-    instructions: dict  # think, dont_think, neutral -> template with {sentence} (and {word})
+    instructions: dict[str, str]  # think, dont_think, neutral -> template with {sentence} (and {word})
 
 
 def _fields(template):
@@ -121,7 +125,7 @@ def _check_unique(items, what, path):
         seen.add(item.casefold())
 
 
-def load_concept_words(path):
+def load_concept_words(path: Path | str) -> ConceptWords:
     """The concept words and the baseline words (disjoint, case-insensitively) and the request template."""
     path, data, _ = read_resource(path, "concepts", "concept file")
     _check_unique(data["concepts"], "key 'concepts'", path)
@@ -130,26 +134,26 @@ def load_concept_words(path):
     return ConceptWords(tuple(data["concepts"]), tuple(data["baseline_words"]), data["template"])
 
 
-def load_contrastive_pairs(path):
+def load_contrastive_pairs(path: Path | str) -> tuple[ContrastivePair, ...]:
     """The specific/generic sentence pairs, in file order (unique ids)."""
     path, data, _ = read_resource(path, "concepts_contrastive_pairs", "contrastive pair file")
     _check_unique([pair["id"] for pair in data["pairs"]], "key 'pairs' (ids)", path)
     return tuple(ContrastivePair(**pair) for pair in data["pairs"])
 
 
-def load_neutral_sentences(path):
+def load_neutral_sentences(path: Path | str) -> tuple[str, ...]:
     """The pool of neutral sentences, in file order (unique)."""
     path, data, _ = read_resource(path, "concepts_neutral_sentences", "sentence file")
     _check_unique(data["sentences"], "key 'sentences'", path)
     return tuple(data["sentences"])
 
 
-def provenance(texts):
+def provenance(texts: DetectionTexts | LocalizationTexts | ThoughtTexts | GradingRubric) -> dict[str, Any]:
     """What a record file says about the texts it was made with."""
     return {"path": str(texts.path), "version": texts.version, "sha256": texts.sha256}
 
 
-def load_detection_texts(path):
+def load_detection_texts(path: Path | str) -> DetectionTexts:
     """The detection trial texts, validated (the wordings, control questions and leak requests
     each unique, case-insensitively)."""
     path, data, sha256 = read_resource(path, "injection_detection", "detection file")
@@ -166,7 +170,7 @@ def load_detection_texts(path):
     )
 
 
-def load_localization_texts(path):
+def load_localization_texts(path: Path | str) -> LocalizationTexts:
     """The localization trial texts, validated (template fields, the introspection question named);
     preamble and acknowledgement are None without a preamble."""
     path, data, sha256 = read_resource(path, "injection_localization", "localization file")
@@ -185,7 +189,7 @@ def load_localization_texts(path):
     )
 
 
-def load_thought_texts(path):
+def load_thought_texts(path: Path | str) -> ThoughtTexts:
     """The thought-vs-text, prefill-intent and intentional-control texts, validated."""
     path, data, sha256 = read_resource(path, "injection_thought_and_intent", "thought and intent file")
     instructions = data["intentional_control"]
@@ -202,7 +206,7 @@ def load_thought_texts(path):
     )
 
 
-def load_grading_rubric(path):
+def load_grading_rubric(path: Path | str) -> GradingRubric:
     """The grading rubric, validated (template fields; {word} in the criteria that name the concept)."""
     path, data, sha256 = read_resource(path, "injection_grading_rubric", "grading rubric")
     _check_fields(path, "user_template", data["user_template"],

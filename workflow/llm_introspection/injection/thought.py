@@ -1,6 +1,11 @@
 """Thought vs text, prefill intent and intentional control (Lindsey 2025): experiments on a
 sentence from the neutral pool."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from ..errors import InputError
@@ -11,6 +16,12 @@ from .cell import concept_word
 from .detection import ranking
 from .inputs import option_frame, answer_start, conversation_ids
 from .texts import INSTRUCTIONS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .cell import Cell
+    from .texts import ThoughtTexts
 
 
 def _sentence_trials(sentences, n_trials, names, seed):
@@ -24,7 +35,9 @@ def _asking(question, sentence):
     return f"{question}\n\n{sentence}"
 
 
-def run_thought_vs_text(model, tokenizer, cell, texts, sentences, n_trials, seed=0, batch_size=8, concepts=None):
+def run_thought_vs_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cell: Cell, texts: ThoughtTexts,
+                        sentences: Sequence[str], n_trials: int, seed: int = 0, batch_size: int = 8,
+                        concepts: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Thought vs text: trial t injects concept t mod len(concepts) on the tokens of a sentence
     from the pool (seeded), once with nothing injected, under two questions. 'thought': which word
     the model thinks about, read as in run_forced_identification (the concept's first token ranked
@@ -66,7 +79,9 @@ def run_thought_vs_text(model, tokenizer, cell, texts, sentences, n_trials, seed
     return records
 
 
-def run_prefill_intent(model, tokenizer, cell, texts, sentences, n_trials, seed=0, batch_size=8, concepts=None):
+def run_prefill_intent(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cell: Cell, texts: ThoughtTexts,
+                       sentences: Sequence[str], n_trials: int, seed: int = 0, batch_size: int = 8,
+                       concepts: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Prefill intent: the model is asked which word it thinks about when it reads a sentence
     (seeded, from the pool), its answer is prefilled with the word of concept t mod len(concepts),
     and it is asked whether it meant to say it; P(intended) against P(accident) is read after the
@@ -97,7 +112,9 @@ def run_prefill_intent(model, tokenizer, cell, texts, sentences, n_trials, seed=
             for record, trial, p, m in zip(fields, trials, probs, mass)]
 
 
-def run_intentional_control(model, tokenizer, cell, texts, sentences, n_trials, seed=0, batch_size=8, concepts=None):
+def run_intentional_control(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cell: Cell, texts: ThoughtTexts,
+                            sentences: Sequence[str], n_trials: int, seed: int = 0, batch_size: int = 8,
+                            concepts: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Intentional control (nothing is injected; the cell's strength is not used): trial t asks the
     model to write a sentence from the pool (seeded) while thinking about the word of concept
     t mod len(concepts) ('think'), while not thinking about it ('dont_think'), or with no word

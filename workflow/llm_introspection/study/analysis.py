@@ -4,7 +4,12 @@ agreement statistics.
 No torch here: these rules run in the analysis environment.
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +30,8 @@ FIRST_TOKEN_MEASURES = ("first_token_entropy_t1", "first_token_entropy_sampling"
 COMPLETION_MEASURES = ("mean_entropy_t1", "mean_entropy_sampling")
 
 
-def run_code_keywords(generation_paths, lexicon_path, output_path):
+def run_code_keywords(generation_paths: Iterable[Path | str], lexicon_path: Path | str,
+                      output_path: Path | str) -> None:
     """Code every completion of one model with the keyword lexicon: one row per completion."""
     lexicon = load_lexicon(lexicon_path)
     table = code_table(completion_rows(generation_paths), lexicon)
@@ -39,7 +45,8 @@ def _records(frame):
     return json.loads(frame.to_json(orient="records"))
 
 
-def comparisons_by_condition(table, dimensions, n_resamples, seed):
+def comparisons_by_condition(table: pd.DataFrame, dimensions: Sequence[str], n_resamples: int,
+                             seed: int) -> pd.DataFrame:
     """content_statistics (completions as units) and clustered_statistics (model pairs x prompts)
     per condition, told apart by `unit` and `condition` (Holm within each unit and condition): the
     native frame in full, and the shared frame's instruct-vs-base rows when the design has them."""
@@ -51,7 +58,8 @@ def comparisons_by_condition(table, dimensions, n_resamples, seed):
     return pd.concat(parts, ignore_index=True)
 
 
-def run_content_statistics(coding_paths, outputs, settings):
+def run_content_statistics(coding_paths: Iterable[Path | str], outputs: Mapping[str, Path | str],
+                           settings: Mapping[str, Any]) -> None:
     """content_statistics.csv (both conditions, completion and clustered rows), mixed_effects.json
     (family random intercept, and crossed model and prompt effects) and scaling_statistics.json
     (native frame) over all models."""
@@ -76,7 +84,7 @@ def run_content_statistics(coding_paths, outputs, settings):
     })
 
 
-def entropy_tables(entropy_paths):
+def entropy_tables(entropy_paths: Iterable[Path | str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per completion (first-token and mean entropies) and per position (the profile) tables."""
     completions, positions = [], []
     for path in entropy_paths:
@@ -95,7 +103,7 @@ def entropy_tables(entropy_paths):
     return pd.DataFrame(completions), pd.DataFrame(positions)
 
 
-def describe_by_model(table, measures, n_resamples, seed):
+def describe_by_model(table: pd.DataFrame, measures: Sequence[str], n_resamples: int, seed: int) -> pd.DataFrame:
     """Mean and percentile-bootstrap CI of each measure per model and prompt type (descriptive)."""
     rows = []
     for (model, prompt_type), group in table.groupby(["model", "prompt_type"], sort=True):
@@ -108,7 +116,8 @@ def describe_by_model(table, measures, n_resamples, seed):
     return pd.DataFrame(rows)
 
 
-def run_entropy_statistics(entropy_paths, outputs, settings):
+def run_entropy_statistics(entropy_paths: Iterable[Path | str], outputs: Mapping[str, Path | str],
+                           settings: Mapping[str, Any]) -> None:
     """entropy_statistics_enhanced.csv (per-model descriptives and instruct vs base comparisons of
     first-token and mean entropy, at T=1 and of the sampling distribution) and entropy_profiles.csv
     (mean entropy per position, model and prompt type)."""
@@ -127,7 +136,8 @@ def run_entropy_statistics(entropy_paths, outputs, settings):
     write_csv(outputs["profiles"], profile.reset_index())
 
 
-def run_agreement_statistics(coding_paths, judge_paths, output_path):
+def run_agreement_statistics(coding_paths: Iterable[Path | str], judge_paths: Iterable[Path | str],
+                             output_path: Path | str) -> None:
     """Keyword coder vs LLM judge (its argmax level) per shared dimension, over all models and per model."""
     keys = ["model", "prompt_id", "rep"]
     coded = pd.concat([read_csv(p) for p in coding_paths], ignore_index=True)
@@ -145,7 +155,7 @@ def run_agreement_statistics(coding_paths, judge_paths, output_path):
     write_json(output_path, result)
 
 
-def content_labels(coding_paths, judge_paths):
+def content_labels(coding_paths: Iterable[Path | str], judge_paths: Iterable[Path | str]) -> pd.DataFrame:
     """Per completion: the keyword self-reference level and the judge's introspective-depth argmax."""
     keys = ["model", "prompt_id", "rep"]
     coded = pd.concat([read_csv(p) for p in coding_paths], ignore_index=True)
@@ -156,7 +166,11 @@ def content_labels(coding_paths, judge_paths):
     return labels.merge(depth, on=keys, how="outer", validate="one_to_one")
 
 
-def run_probes(activation_paths, cross_paths, noise_paths, coding_paths, judge_paths, outputs, settings):
+def run_probes(
+    activation_paths: Sequence[Path | str], cross_paths: Sequence[Path | str], noise_paths: Sequence[Path | str],
+    coding_paths: Iterable[Path | str], judge_paths: Iterable[Path | str], outputs: Mapping[str, Path | str],
+    settings: Mapping[str, Any],
+) -> None:
     """Linear probes at every dumped layer, per group of models sharing one activation layout, and
     the identity probes of each base/instruct pair (on the identical-text and weight-noise traces):
     probes.csv (one row per task, subset and layer) and probing_statistics.json (its summary)."""
@@ -183,12 +197,12 @@ def run_probes(activation_paths, cross_paths, noise_paths, coding_paths, judge_p
     })
 
 
-def mid_layer_index(indices, n_layers):
+def mid_layer_index(indices: Sequence[int], n_layers: int) -> int:
     """The stored hidden-state index nearest the middle of the network."""
     return min(indices, key=lambda index: (abs(index / n_layers - 0.5), index))
 
 
-def run_embeddings(activation_paths, output_path, seed):
+def run_embeddings(activation_paths: Iterable[Path | str], output_path: Path | str, seed: int) -> None:
     """embeddings.csv: 2-D PCA and UMAP coordinates of each completion's mid-layer activations
     (mean over its response tokens), one embedding per activation layout (hidden size, layers)."""
     tables = []

@@ -23,7 +23,11 @@ one family are resampled as independent units: a family's shift of both variants
 difference, not in the ratio's denominator (checked on simulated tables with two pairs per family).
 """
 
+from __future__ import annotations
+
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,7 +59,8 @@ VARIANCE_COMPONENTS = {
 
 # --- per-cell sums, resampled -------------------------------------------------------------------
 
-def cell_sums(rows: pd.DataFrame, value: str, unit: str, units: list, prompts: list, shift: float) -> np.ndarray:
+def cell_sums(rows: pd.DataFrame, value: str, unit: str, units: Sequence[Any], prompts: Sequence[str],
+              shift: float) -> np.ndarray:
     """(3, units, prompts): count, sum of `value`, and sum of squares of value - shift per unit x prompt
     cell (0 where a cell is empty; rows of other units or prompts are left out). Centring at `shift`
     keeps the variances exact."""
@@ -198,7 +203,7 @@ def _base_self_reference_vs_topic_control_row(table, n_resamples, seed, confiden
     return meta | _row(a, b, "model", "self_reference", False, n_resamples, seed, confidence)
 
 
-def clustered_statistics(table: pd.DataFrame, dimensions, n_resamples: int = 10000, seed: int = 0,
+def clustered_statistics(table: pd.DataFrame, dimensions: Sequence[str], n_resamples: int = 10000, seed: int = 0,
                          base_contrast: bool = True, confidence: float = 0.95) -> pd.DataFrame:
     """content_statistics' comparisons at the units, in its columns (`unit` names the units).
 
@@ -220,7 +225,7 @@ def clustered_statistics(table: pd.DataFrame, dimensions, n_resamples: int = 100
 
 # --- mixed model with crossed random effects ----------------------------------------------------
 
-def crossed_mixed_effects(table: pd.DataFrame, dimension: str) -> dict:
+def crossed_mixed_effects(table: pd.DataFrame, dimension: str) -> dict[str, dict[str, Any]]:
     """{"instruct_crossed": fit} of score ~ instruct over the model pairs' (model, prompt) cell means.
 
     Random effects are crossed variance components: family, model (so each pair's instruct - base

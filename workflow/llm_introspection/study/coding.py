@@ -23,11 +23,15 @@ with a reader applying the same rule (labelled_agreement).
 Pure regex, compiled once per lexicon; no torch import.
 """
 
+from __future__ import annotations
+
 import re
 import unicodedata
 from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from scipy.stats import spearmanr
@@ -72,14 +76,14 @@ class Lexicon:
     path: Path
     version: int
     sha256: str
-    dimensions: dict  # name -> compiled regex
-    thresholds: dict  # name -> Thresholds
-    type_patterns: dict  # content type -> compiled regex or None
-    type_dimensions: dict  # content type -> tuple of dimension names
-    tie_order: tuple
+    dimensions: dict[str, re.Pattern[str]]  # name -> compiled alternation
+    thresholds: dict[str, Thresholds]
+    type_patterns: dict[str, re.Pattern[str] | None]  # content type -> compiled alternation (None: no patterns)
+    type_dimensions: dict[str, tuple[str, ...]]  # content type -> the dimensions whose matches count as its cues
+    tie_order: tuple[str, ...]
     fallback: str
     refusal_type: str | None
-    refusal: re.Pattern
+    refusal: re.Pattern[str]
 
 
 def _compile_groups(groups, key, path):
@@ -107,7 +111,7 @@ def _compile_groups(groups, key, path):
         ) from None
 
 
-def load_lexicon(path) -> "Lexicon":
+def load_lexicon(path: Path | str) -> Lexicon:
     """Read, validate and compile a lexicon file; InputError names the file and the key at fault."""
     path, data, sha256 = read_resource(path, "lexicon", "lexicon file")
     dimensions, thresholds = {}, {}
@@ -139,13 +143,13 @@ def load_lexicon(path) -> "Lexicon":
     )
 
 
-def normalise(text):
+def normalise(text: str) -> str:
     """NFKC, straight apostrophes/quotes/hyphens, single spaces; line breaks kept."""
     text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
     return _SPACE_AROUND_NEWLINE.sub("\n", _HORIZONTAL_SPACE.sub(" ", text)).strip()
 
 
-def sentence_starts(text):
+def sentence_starts(text: str) -> list[int]:
     """Start offsets of the sentences of normalised text (pieces without a letter or digit dropped)."""
     starts, begin = [], 0
     for brk in _SENTENCE_BREAK.finditer(text):
@@ -157,7 +161,7 @@ def sentence_starts(text):
     return starts
 
 
-def level(count, n_words, matched_sentences, n_sentences, t):
+def level(count: int, n_words: int, matched_sentences: int, n_sentences: int, t: Thresholds) -> int:
     """The documented level rule (see the module docstring and the lexicon's `levels`)."""
     if count == 0:
         return 0
@@ -183,7 +187,7 @@ def _matches(regex, text):
     return [m for m in regex.finditer(text) if m.end() > m.start()]
 
 
-def explain(text, lexicon):
+def explain(text: str | float | None, lexicon: Lexicon) -> dict[str, list[str]]:
     """The matched phrases per dimension, content type and refusal, for auditing the lexicon."""
     text = normalise(_as_text(text)).replace("\n", " ")
     found = {name: [m.group(0) for m in _matches(rx, text)] for name, rx in lexicon.dimensions.items()}
@@ -194,7 +198,7 @@ def explain(text, lexicon):
     return found
 
 
-def code_text(text, lexicon):
+def code_text(text: str | float | None, lexicon: Lexicon) -> dict[str, Any]:
     """Code one text: levels, match counts, content_type, refusal, n_words and n_sentences.
 
     Empty, blank or missing (None, NaN) text codes as all zeros, content type `fallback`, no refusal.
@@ -227,7 +231,8 @@ def code_text(text, lexicon):
     return result
 
 
-def code_table(rows, lexicon, text_key="text"):
+def code_table(rows: pd.DataFrame | Iterable[str | Mapping[str, Any]], lexicon: Lexicon,
+               text_key: str = "text") -> pd.DataFrame:
     """Code many texts: rows are strings or mappings with a `text_key` (other keys are kept as columns).
 
     Returns one row per text: the kept keys, then the columns of code_text.
@@ -255,7 +260,7 @@ def _empty_columns():
     return columns + ["content_type", "refusal", "n_words", "n_sentences"]
 
 
-def load_labelled_examples(path) -> list[dict]:
+def load_labelled_examples(path: Path | str) -> list[dict[str, Any]]:
     """Read and validate hand-labelled texts; InputError names the file and the key at fault."""
     path, data, _ = read_resource(path, "labelled_examples", "labelled examples file")
     ids = [example["id"] for example in data["examples"]]
@@ -265,7 +270,7 @@ def load_labelled_examples(path) -> list[dict]:
     return data["examples"]
 
 
-def labelled_agreement(examples, lexicon) -> pd.DataFrame:
+def labelled_agreement(examples: Sequence[Mapping[str, Any]], lexicon: Lexicon) -> pd.DataFrame:
     """Per dimension: n, Spearman rho and exact agreement (share) of coded levels with the labels.
 
     rho is NaN when the labels or the coded levels are all equal.

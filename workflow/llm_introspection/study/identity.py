@@ -13,6 +13,12 @@ identical token sequences:
   direction against the keyword self-reference code, per prompt (Spearman).
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
@@ -24,7 +30,7 @@ from .tasks import LABEL_KEYS, NO_PAIR, not_estimable, run_subsets
 TASKS = ("identical_text_reader", "weight_noise_calibration", "identical_text_generator")
 
 
-def pair_subsets(meta, base, instruct):
+def pair_subsets(meta: pd.DataFrame, base: str, instruct: str) -> list[tuple[str, str, pd.Series, str]]:
     """(task, subset name, row mask, target column) of the identity probes of one pair; meta holds
     the reading model (model) and the writing model (generator) of every row."""
     pair, noisy = f"pair={base}/{instruct}", weight_noise_name(base)
@@ -39,7 +45,8 @@ def pair_subsets(meta, base, instruct):
     ]
 
 
-def identity_probes(features, meta, base: str, instruct: str, **probe_options) -> tuple[pd.DataFrame, pd.DataFrame]:
+def identity_probes(features: Mapping[int, np.ndarray], meta: pd.DataFrame, base: str, instruct: str,
+                    **probe_options: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The identity probes of one pair (TASKS) at every layer: (table, held-out layer selection).
 
     `features`, `meta` as from `pooled_activations` over the pair's native, cross and noise
@@ -60,7 +67,8 @@ def identity_probes(features, meta, base: str, instruct: str, **probe_options) -
     return pd.concat(tables, ignore_index=True), pd.concat(selections, ignore_index=True)
 
 
-def direction_content(features, meta, codes, base: str, instruct: str) -> list[dict]:
+def direction_content(features: Mapping[int, np.ndarray], meta: pd.DataFrame, codes: pd.DataFrame, base: str,
+                      instruct: str) -> list[dict[str, Any]]:
     """Per layer and model of the pair: Spearman correlation over prompts between the mean
     projection of the model's own completions on the unit instruct-minus-base direction (the
     difference of the two models' mean pooled states) and the prompt's mean code.
@@ -85,7 +93,10 @@ def direction_content(features, meta, codes, base: str, instruct: str) -> list[d
     return rows
 
 
-def pair_analysis(native_paths, cross_paths, noise_paths, codes, **probe_options):
+def pair_analysis(
+    native_paths: Sequence[Path | str], cross_paths: Sequence[Path | str], noise_paths: Sequence[Path | str],
+    codes: pd.DataFrame, **probe_options: Any,
+) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]], list[tuple[str, str]]]:
     """identity_probes and direction_content of every base/instruct pair among the models of the
     native activation files: (table, selection, direction rows, pairs). Without a pair every
     identity task is one not-estimable row."""

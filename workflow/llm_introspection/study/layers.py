@@ -6,11 +6,19 @@ covers every estimable row of one probes.csv (all tasks, subsets and layers of t
 `held_out_layer` removes the optimism of choosing one layer of one task and subset.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pandas as pd
 
 from .probing import _accuracy, grouped_splits, make_probe
 from .statistics import holm
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 SELECTION_COLUMNS = (
     "task", "subset", "estimable", "reason", "selected_index_a", "selected_index_b",
@@ -18,7 +26,7 @@ SELECTION_COLUMNS = (
 )
 
 
-def group_halves(labels, groups, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def group_halves(labels: ArrayLike, groups: ArrayLike, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Two row masks splitting the groups in half, balanced by each group's mean label code:
     groups ordered by that code (ties in seeded random order) go alternately to either half."""
     codes = pd.Series(pd.factorize(np.asarray(labels))[0]).groupby(np.asarray(groups)).mean()
@@ -33,7 +41,8 @@ def _grouped_accuracy(x, labels, groups, n_splits, seed):
     return None if splits is None else float(_accuracy(make_probe(), x, labels, splits))
 
 
-def held_out_layer(features: dict, labels, groups, n_splits: int = 5, seed: int = 0) -> dict:
+def held_out_layer(features: Mapping[int, np.ndarray], labels: ArrayLike, groups: ArrayLike, n_splits: int = 5,
+                   seed: int = 0) -> dict[str, Any]:
     """Layer selection on held-out prompts: the layer with the best grouped-CV accuracy on one half
     of the prompt groups is scored by grouped CV on the other half, both ways round.
 

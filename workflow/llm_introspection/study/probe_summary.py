@@ -2,7 +2,11 @@
 correction covers, the identity analyses of base/instruct pairs and the self-reference probe
 against its text-only baseline."""
 
+from __future__ import annotations
+
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -26,7 +30,7 @@ CALIBRATION = (
 )
 
 
-def records(frame):
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """DataFrame to JSON-ready records (NaN becomes null)."""
     return json.loads(frame.to_json(orient="records"))
 
@@ -42,7 +46,7 @@ def _estimable(rows, reason):
     return {"estimable": ok, "reason": None if ok else "; ".join(reasons) or reason, "rows": records(rows)}
 
 
-def calibration_margin(table):
+def calibration_margin(table: pd.DataFrame) -> pd.DataFrame:
     """Per pair and layer: identical_text_reader on the base model's text against
     weight_noise_calibration on the same text, and the margin between them."""
     columns = ["subset", "hidden_state_index", "accuracy", "p_value"]
@@ -52,7 +56,8 @@ def calibration_margin(table):
     return joined.assign(margin=joined["accuracy_pair"] - joined["accuracy_noise"])
 
 
-def identity_summary(table, selection, direction, pairs):
+def identity_summary(table: pd.DataFrame, selection: pd.DataFrame, direction: list[dict[str, Any]],
+                     pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """The identity section: pairs, identical-text probes, the weight-difference calibration and
     the instruct-minus-base direction against content, each with its reason when not estimable."""
     if not pairs:
@@ -80,7 +85,7 @@ def identity_summary(table, selection, direction, pairs):
     }
 
 
-def self_reference_summary(table, selection):
+def self_reference_summary(table: pd.DataFrame, selection: pd.DataFrame) -> dict[str, Any]:
     """The self-reference probe beside its text-only baseline and the pre-generation probe; what the
     residual stream adds is the held-out activation accuracy minus the text-only accuracy."""
     text = _task(table, "self_reference_text_only")
@@ -96,7 +101,8 @@ def self_reference_summary(table, selection):
     }
 
 
-def probing_summary(table: pd.DataFrame, selection: pd.DataFrame, direction: list, pairs: list) -> dict:
+def probing_summary(table: pd.DataFrame, selection: pd.DataFrame, direction: list[dict[str, Any]],
+                    pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """The parts of probing_statistics.json computed from the probes."""
     return {
         "corrections": CORRECTIONS,

@@ -8,9 +8,14 @@ majority class, and a permutation null whose accuracies give the shuffled-label 
 p-value.
 """
 
+from __future__ import annotations
+
 import json
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +33,14 @@ from sklearn.preprocessing import StandardScaler
 from ..errors import InputError
 from ..records import condition
 from ..storage import open_h5
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from sklearn.base import BaseEstimator
+    from sklearn.pipeline import Pipeline
+
+# An activation file's layout: (hidden size, layers, stored hidden-state indices).
+Layout = tuple[int, int, tuple[int, ...]]
 
 MODEL_FIELDS = ("family", "size_b", "variant", "frame", "hidden_size", "n_layers")
 
@@ -56,7 +69,7 @@ def _header(h5, path):
     return model, indices, (model["hidden_size"], model["n_layers"], indices)
 
 
-def file_models(paths):
+def file_models(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
     """The model record (the reading model) of each activation file."""
     models = []
     for path in paths:
@@ -65,7 +78,7 @@ def file_models(paths):
     return models
 
 
-def activation_layouts(paths):
+def activation_layouts(paths: Iterable[Path | str]) -> dict[Layout, list[Path | str]]:
     """Activation files grouped by layout: (hidden_size, n_layers, hidden-state indices) -> paths.
 
     Files of one layout can be pooled together (`pooled_activations`)."""
@@ -90,7 +103,8 @@ def _context(h5, path, pooling):
     return context.sum(axis=1), context.shape[1]
 
 
-def pooled_activations(paths, pooling="completion"):
+def pooled_activations(paths: Iterable[Path | str],
+                       pooling: str = "completion") -> tuple[dict[int, np.ndarray], pd.DataFrame]:
     """Pooled hidden states of every completion in the activation files `paths`.
 
     `pooling`: 'completion' (mean over the completion's positions), 'prompt_and_completion' (mean
@@ -135,7 +149,7 @@ def pooled_activations(paths, pooling="completion"):
     return features, pd.DataFrame(rows)
 
 
-def completion_tokens(paths):
+def completion_tokens(paths: Iterable[Path | str]) -> pd.DataFrame:
     """The completion token ids of every completion in the activation files `paths`, as one string
     of space-separated ids per completion: a table with model, prompt_id, rep and tokens."""
     rows = []
@@ -153,12 +167,13 @@ def completion_tokens(paths):
 
 # --- one probe ----------------------------------------------------------------------------------
 
-def make_probe():
+def make_probe() -> Pipeline:
     """The probe: standardize, then L2 logistic regression."""
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
 
 
-def grouped_splits(labels, groups, n_splits=5, seed=0):
+def grouped_splits(labels: ArrayLike, groups: ArrayLike, n_splits: int = 5,
+                   seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]] | None:
     """Grouped (train, test) folds, stratified by label where StratifiedGroupKFold manages.
 
     Uses min(n_splits, number of groups) folds. Returns None when no splitter gives every fold a
@@ -197,7 +212,7 @@ def _accuracy(estimator, features, labels, splits):
     return np.mean(_fold_accuracies(labels, _predict_folds(estimator, features, labels, splits), splits))
 
 
-def shuffled_labels(labels, groups, rng):
+def shuffled_labels(labels: ArrayLike, groups: ArrayLike, rng: np.random.Generator) -> np.ndarray:
     """Labels permuted across (group, label) cells: each cell's completions keep one label together.
 
     Repetitions are never treated as independent: a label given per prompt moves with the whole
@@ -207,14 +222,16 @@ def shuffled_labels(labels, groups, rng):
     return rng.permutation(cell_labels)[codes]
 
 
-def make_text_probe():
+def make_text_probe() -> Pipeline:
     """The text-only baseline: L2 logistic regression on which token ids occur in a completion
     (bag of words over strings of space-separated ids; the vocabulary is learnt per training fold)."""
     return make_pipeline(CountVectorizer(token_pattern=r"\S+", lowercase=False, binary=True),
                          LogisticRegression(max_iter=5000))
 
 
-def probe(features, labels, groups, n_splits=5, seed=0, n_permutations=100, n_jobs=None, estimator=None):
+def probe(features: ArrayLike, labels: ArrayLike, groups: ArrayLike, n_splits: int = 5, seed: int = 0,
+          n_permutations: int = 100, n_jobs: int | None = None,
+          estimator: BaseEstimator | None = None) -> dict[str, Any]:
     """Cross-validated accuracy of `estimator` (default `make_probe`) on `features` (n rows),
     folds grouped by `groups`.
 
@@ -256,7 +273,7 @@ def probe(features, labels, groups, n_splits=5, seed=0, n_permutations=100, n_jo
 
 # --- embeddings ---------------------------------------------------------------------------------
 
-def embed(features_2d, method="pca", seed=0):
+def embed(features_2d: ArrayLike, method: str = "pca", seed: int = 0) -> np.ndarray:
     """(n, 2) coordinates of the rows of `features_2d` by PCA or UMAP (seeded, reproducible).
 
     UMAP uses n_neighbors = min(15, n - 1) and needs at least 4 points; PCA needs 2 points and 2

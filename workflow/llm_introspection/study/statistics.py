@@ -7,8 +7,12 @@ observations in the group comparisons here (the original study's numbers, kept f
 clustered.py infers the same comparisons at model pairs and prompts.
 """
 
+from __future__ import annotations
+
 import math
 import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +22,13 @@ from scipy.stats import mannwhitneyu, pearsonr, permutation_test, spearmanr
 from sklearn.metrics import cohen_kappa_score
 
 from ..prompts import PROMPT_TYPES
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMResults
+
+    # Called as statistic(*samples, axis=-1): a value, or values stacked on axis 0.
+    Statistic = Callable[..., np.ndarray | float]
 
 VARIANTS = ("base", "instruct")
 # Resampled values per sample and bootstrap chunk: bounds memory at ~32 MiB per array.
@@ -39,18 +50,18 @@ MIXED_MODELS = {
 
 # --- effect statistics, vectorized over the last axis -------------------------------------------
 
-def mean_difference(a, b, axis=-1):
+def mean_difference(a: ArrayLike, b: ArrayLike, axis: int = -1) -> np.ndarray | float:
     """mean(a) - mean(b)."""
     return np.mean(a, axis=axis) - np.mean(b, axis=axis)
 
 
-def ratio_of_means(mean_a, mean_b):
+def ratio_of_means(mean_a: ArrayLike, mean_b: ArrayLike) -> np.ndarray:
     """mean_a / mean_b; 1 (no difference) where both are 0, +-inf where only mean_b is."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where((mean_a == 0) & (mean_b == 0), 1.0, np.divide(mean_a, mean_b))
 
 
-def standardized_difference(difference, pooled_variance):
+def standardized_difference(difference: ArrayLike, pooled_variance: ArrayLike) -> np.ndarray:
     """difference / sqrt(pooled_variance); 0 where both are 0 (two constant, equal groups), +-inf where
     only the variance is 0, NaN where the variance is undefined (fewer than 3 values)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -58,12 +69,12 @@ def standardized_difference(difference, pooled_variance):
                         np.divide(difference, np.sqrt(pooled_variance)))
 
 
-def mean_ratio(a, b, axis=-1):
+def mean_ratio(a: ArrayLike, b: ArrayLike, axis: int = -1) -> np.ndarray:
     """mean(a) / mean(b), with ratio_of_means' values where mean(b) is 0."""
     return ratio_of_means(np.mean(a, axis=axis), np.mean(b, axis=axis))
 
 
-def cohens_d(a, b, axis=-1):
+def cohens_d(a: ArrayLike, b: ArrayLike, axis: int = -1) -> np.ndarray:
     """Cohen's d with the pooled SD (ddof=1); positive when mean(a) > mean(b); 0 for two constant,
     equal groups (see standardized_difference)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -115,7 +126,8 @@ def _as_sample(x):
     return x
 
 
-def bootstrap_ci(x, statistic, n_resamples=10000, confidence=0.95, seed=0):
+def bootstrap_ci(x: ArrayLike, statistic: Statistic, n_resamples: int = 10000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[np.ndarray | float, np.ndarray, np.ndarray]:
     """Percentile bootstrap of a one-sample statistic, called as statistic(x, axis=-1) (e.g. np.mean).
 
     Returns (estimate, low, high).
@@ -125,7 +137,9 @@ def bootstrap_ci(x, statistic, n_resamples=10000, confidence=0.95, seed=0):
     return (statistic(x, axis=-1), *percentile_interval(distribution, confidence))
 
 
-def bootstrap_two_sample_ci(a, b, statistic, n_resamples=10000, confidence=0.95, seed=0):
+def bootstrap_two_sample_ci(a: ArrayLike, b: ArrayLike, statistic: Statistic, n_resamples: int = 10000,
+                            confidence: float = 0.95,
+                            seed: int = 0) -> tuple[np.ndarray | float, np.ndarray, np.ndarray]:
     """Percentile bootstrap of statistic(a, b), resampling each group independently.
 
     `statistic` is called as statistic(a, b, axis=-1), e.g. mean_difference, mean_ratio, cohens_d;
@@ -141,7 +155,8 @@ def bootstrap_two_sample_ci(a, b, statistic, n_resamples=10000, confidence=0.95,
 
 # --- group comparisons --------------------------------------------------------------------------
 
-def compare_groups(a, b, label="", n_resamples=10000, seed=0, confidence=0.95):
+def compare_groups(a: ArrayLike, b: ArrayLike, label: str = "", n_resamples: int = 10000, seed: int = 0,
+                   confidence: float = 0.95) -> dict[str, Any]:
     """Group a vs group b: means, difference, ratio a/b and Cohen's d with bootstrap CIs, Mann-Whitney U."""
     a, b = _as_sample(a), _as_sample(b)
     estimate, low, high = bootstrap_two_sample_ci(a, b, _difference_ratio_d, n_resamples, confidence, seed)
@@ -153,13 +168,13 @@ def compare_groups(a, b, label="", n_resamples=10000, seed=0, confidence=0.95):
                   "mannwhitney_u": float(test.statistic), "p_value": float(test.pvalue)}
 
 
-def holm(pvalues, alpha=0.05):
+def holm(pvalues: ArrayLike, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Holm-Bonferroni adjusted p-values and reject flags; NaN p-values stay NaN and are not counted."""
     reject, adjusted = pingouin.multicomp(np.asarray(pvalues, dtype=float), alpha=alpha, method="holm")
     return adjusted, reject
 
 
-def families_with_both_variants(table):
+def families_with_both_variants(table: pd.DataFrame) -> list[str]:
     """Sorted families that have base and instruct completions in `table`."""
     variants = table.groupby("family")["variant"].agg(frozenset)
     return sorted(family for family, present in variants.items() if present >= set(VARIANTS))
@@ -207,7 +222,8 @@ def _base_self_reference_vs_topic_control_row(table, n_resamples, seed):
     return _comparison_row(a, b, meta, n_resamples, seed)
 
 
-def content_statistics(table, dimensions, n_resamples=10000, seed=0, base_contrast=True):
+def content_statistics(table: pd.DataFrame, dimensions: Sequence[str], n_resamples: int = 10000, seed: int = 0,
+                       base_contrast: bool = True) -> pd.DataFrame:
     """Instruct vs base per (dimension, prompt type), plus (`base_contrast`) the base
     self-reference vs topic-control headline.
 
@@ -265,7 +281,8 @@ def _unestimable_reason(data, model):
     return None
 
 
-def fit_coefficients(result):
+def fit_coefficients(result: MixedLMResults) -> dict[str, dict[str, float]]:
+    """Per fixed-effect term: coef, se, z, p and the 95% Wald CI (ci_low, ci_high)."""
     terms = result.fe_params.index
     ci = result.conf_int().loc[terms]
     return {
@@ -278,7 +295,7 @@ def fit_coefficients(result):
     }
 
 
-def converged_fit(model):
+def converged_fit(model: MixedLM) -> tuple[list[str], MixedLMResults] | tuple[None, None]:
     """(optimizers, result) of the first fit that converges to a finite likelihood, else (None, None).
 
     statsmodels' default gradient optimizers first; Powell and Nelder-Mead next, which converge
@@ -313,7 +330,7 @@ def _fit_mixed_model(formula, data):
     }
 
 
-def mixed_effects(table, dimension):
+def mixed_effects(table: pd.DataFrame, dimension: str) -> dict[str, dict[str, Any]]:
     """MixedLM fits of one score dimension with a random intercept per family.
 
     Models: `instruct` (score ~ instruct), `instruct_by_prompt_type` (score ~ instruct *
@@ -331,7 +348,8 @@ def mixed_effects(table, dimension):
 
 # --- coder/judge agreement ----------------------------------------------------------------------
 
-def agreement(keyword_scores, judge_scores, levels=(0, 1, 2, 3)):
+def agreement(keyword_scores: ArrayLike, judge_scores: ArrayLike,
+              levels: Sequence[int] = (0, 1, 2, 3)) -> dict[str, float]:
     """Agreement of two raters' integer scores on the same completions (0-3 scale by default).
 
     Pearson and Spearman correlations, quadratic-weighted Cohen's kappa over `levels`, ICC(2,1)
@@ -381,7 +399,7 @@ def _gap_row(rows, family, size, dimension, n_resamples, seed):
     }
 
 
-def spearman_exact(x, y):
+def spearman_exact(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
     """Spearman's rho, its two-sided exact permutation p over all n! orderings of y (scipy's
     permutation_test; at n = 3 a perfect rho has p = 1/3, where spearmanr's t approximation says 0)
     and the smallest p attainable at this n, 2/n!. rho and p are NaN when x or y is constant."""
@@ -398,7 +416,8 @@ def spearman_exact(x, y):
     return float(observed), float(test.pvalue), 2 / math.factorial(len(x))
 
 
-def scaling(table, dimension, n_resamples=10000, seed=0):
+def scaling(table: pd.DataFrame, dimension: str, n_resamples: int = 10000,
+            seed: int = 0) -> dict[str, pd.DataFrame]:
     """Instruct - base gap per size within each family, and its Spearman correlation with size.
 
     Uses the sizes of a family that have both variants; a family with fewer than 2 such sizes is

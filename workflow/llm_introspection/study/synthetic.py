@@ -7,6 +7,10 @@ keyword coder's 0-3 levels. `population_means` gives the means over the populati
 drawn from, the value a CI should cover.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
@@ -16,11 +20,11 @@ from ..prompts import PROMPT_TYPES
 LEVELS = (0, 1, 2, 3)
 
 
-def study_table(seed: int, families: int = 6, sizes: tuple = (1.0, 3.0), prompts_per_type: int = 10, reps: int = 3,
-                *, dimensions: tuple = ("self_reference",), baseline: float = 1.0, instruct_effect: float = 0.0,
-                effect_prompt_types: tuple = PROMPT_TYPES, family_sd: float = 0.5, model_sd: float = 0.0,
-                prompt_sd: float = 0.0, prompt_effect_sd: float = 0.0, noise_sd: float = 1.0,
-                integer_scores: bool = False) -> pd.DataFrame:
+def study_table(seed: int, families: int = 6, sizes: tuple[float, ...] = (1.0, 3.0), prompts_per_type: int = 10,
+                reps: int = 3, *, dimensions: tuple[str, ...] = ("self_reference",), baseline: float = 1.0,
+                instruct_effect: float = 0.0, effect_prompt_types: tuple[str, ...] = PROMPT_TYPES,
+                family_sd: float = 0.5, model_sd: float = 0.0, prompt_sd: float = 0.0, prompt_effect_sd: float = 0.0,
+                noise_sd: float = 1.0, integer_scores: bool = False) -> pd.DataFrame:
     """One row per family x size x variant x prompt x rep with the design columns and one score per dimension.
 
     The random effects are shared by the dimensions, the noise is not. Family intercepts and noise
@@ -55,7 +59,7 @@ def study_table(seed: int, families: int = 6, sizes: tuple = (1.0, 3.0), prompts
 
 def population_means(*, baseline: float = 1.0, instruct_effect: float = 0.0, family_sd: float = 0.5,
                      model_sd: float = 0.0, prompt_sd: float = 0.0, prompt_effect_sd: float = 0.0,
-                     noise_sd: float = 1.0, integer_scores: bool = False, **design) -> dict:
+                     noise_sd: float = 1.0, integer_scores: bool = False, **design: Any) -> dict[str, float]:
     """Population mean of the base and of the instruct scores on a prompt type with the effect.
 
     Takes study_table's keywords (the design sizes in `design` do not matter). The latent score is

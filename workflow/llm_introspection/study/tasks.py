@@ -1,6 +1,11 @@
 """The study's probe tasks over every stored layer, as one tidy table, with the held-out layer
 selection of each task and subset (see layers)."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pandas as pd
 
@@ -9,6 +14,9 @@ from ..records import base_instruct_pairs, condition_tables
 from .layers import SELECTION_COLUMNS, held_out_layer
 from .probing import make_text_probe, probe
 from .statistics import holm
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 LABEL_KEYS = ["model", "prompt_id", "rep"]
 RESULT_COLUMNS = (
@@ -20,7 +28,8 @@ NO_PAIR = ("no base/instruct pair (one base and one instruct model of the same f
            "models of different families have unrelated residual coordinates, so they are not pooled")
 
 
-def probe_all_layers(features, meta, target, groups_column="prompt_id", **probe_options):
+def probe_all_layers(features: Mapping[int, np.ndarray], meta: pd.DataFrame, target: str,
+                     groups_column: str = "prompt_id", **probe_options: Any) -> pd.DataFrame:
     """`probe` of meta[target] at every hidden-state index, with Holm-adjusted p-values across layers.
 
     `features` and `meta` are row-aligned (as from `pooled_activations`); layer_fraction is
@@ -41,7 +50,7 @@ def _subset(features, meta, mask):
     return {index: x[mask] for index, x in features.items()}, meta[mask].reset_index(drop=True)
 
 
-def not_estimable(task, reason, subset=""):
+def not_estimable(task: str, reason: str, subset: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     """A task's one row (table, selection) when it has no data, with the reason."""
     row = {"task": task, "subset": subset, "estimable": False, "reason": reason}
     return pd.DataFrame([row]), pd.DataFrame([row])
@@ -57,7 +66,9 @@ def _selection(task, subset, features, meta, target, table, options):
             "max_layer": None if best is None else best["hidden_state_index"]}
 
 
-def run_subsets(task, subsets, features, meta, target, no_subset_reason, **probe_options):
+def run_subsets(task: str, subsets: Sequence[tuple[str, ArrayLike]], features: Mapping[int, np.ndarray],
+                meta: pd.DataFrame, target: str, no_subset_reason: str | None,
+                **probe_options: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """probe_all_layers and the held-out layer selection per (subset name, row mask):
     (table, selection), or one not-estimable row each when there is no subset."""
     if not subsets:
@@ -119,7 +130,9 @@ def _text_only(tokens, meta, extra_labels, **probe_options):
     return pd.DataFrame(rows) if rows else not_estimable(task, "extra_labels has no label column")[0]
 
 
-def probe_tasks(features, meta, extra_labels=None, tokens=None, pre_generation=None, **probe_options):
+def probe_tasks(features: Mapping[int, np.ndarray], meta: pd.DataFrame, extra_labels: pd.DataFrame | None = None,
+                tokens: ArrayLike | None = None, pre_generation: Mapping[int, np.ndarray] | None = None,
+                **probe_options: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The study's probes over every hidden-state index: (table with TABLE_COLUMNS, the held-out
     layer selection of each task and subset with SELECTION_COLUMNS).
 
