@@ -125,7 +125,7 @@ def tiny(tokenizer_dir, tmp_path_factory):
     model, tokenizer = load_tiny(tokenizer_dir, TINY_LLAMA, tmp_path_factory.mktemp("tiny"))
     model.get_output_embeddings().register_forward_hook(lambda module, args, logits: logits * 40)
     prompts = [tokenizer(t)["input_ids"] for t in ("A short prompt", "Another, longer prompt of more tokens")]
-    return model, tokenizer, prompts
+    return model, prompts, _sample(model, prompts, set())  # the unconstrained run both tests compare with
 
 
 def _sample(model, prompts, eos, **options):
@@ -142,8 +142,7 @@ def _assert_same(first, second):
 
 
 def test_simulated_oom_halves_the_batch_and_changes_no_sample(tiny):
-    model, _, prompts = tiny
-    free = _sample(model, prompts, set())
+    model, prompts, free = tiny
     record = BatchRecord(configured=8)
     wrapper = OOMOnce(model, rows=4)
     try:
@@ -155,8 +154,7 @@ def test_simulated_oom_halves_the_batch_and_changes_no_sample(tiny):
 
 
 def test_finished_sequences_leave_the_batch_and_change_no_sample(tiny):
-    model, _, prompts = tiny
-    free = _sample(model, prompts, set())
+    model, prompts, free = tiny
     eos = {free[0].token_ids[1], free[5].token_ids[3]}  # two rows end early, the rest later or never
     kept = _sample(model, prompts, eos, compact=None)
     assert sum(len(c.token_ids) < 10 for c in kept) >= 2

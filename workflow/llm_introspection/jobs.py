@@ -81,15 +81,15 @@ def _log_plan(what: str, plan: BatchRecord) -> None:
         f"batch {plan.start} (configured {plan.configured}, planned {plan.planned})")
 
 
-def _compare(what, plan: BatchRecord, record, progress: Progress, projected_tokens, rate) -> None:
+def _compare(what, plan: BatchRecord, record, progress: Progress, projected_tokens, actual_tokens, rate) -> None:
     peak = torch.cuda.max_memory_allocated() if record["device"].startswith("cuda") else None
     planned_peak = None if plan.per_sequence_bytes is None else plan.start * plan.per_sequence_bytes
     log(compare_with_plan(what, {
         "batch": plan.start, "tokens (at most)": projected_tokens,
         "seconds": projected_tokens / rate, "tok/s": float(rate), "batch memory GB": planned_peak and planned_peak / 1e9,
     }, {
-        "batch": max(plan.used, default=0), "tokens (at most)": progress.tokens,
-        "seconds": progress.elapsed, "tok/s": progress.tokens / max(progress.elapsed, 1e-9),
+        "batch": max(plan.used, default=0), "tokens (at most)": actual_tokens,
+        "seconds": progress.elapsed, "tok/s": actual_tokens / max(progress.elapsed, 1e-9),
         "batch memory GB": peak and peak / 1e9,
     }) + f"; batches run {plan.used} after {len(plan.backoffs)} out-of-memory back-offs (peak memory measured "
         "on CUDA only)")
@@ -154,7 +154,7 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
     generate_s = time.perf_counter() - started
     n_tokens = sum(len(c.token_ids) for c in completions)
     log(f"sampled {len(completions)} completions, {n_tokens} tokens in {generate_s:.1f} s ({n_tokens / generate_s:.1f} tok/s)")
-    _compare("generate", plan, record, progress, len(completions) * gen["max_new_tokens"],
+    _compare("generate", plan, record, progress, len(completions) * gen["max_new_tokens"], n_tokens,
              scaled_rate(plan_settings["tokens_per_s"], record["size_b"], plan_settings["reference_size_b"]))
     timings = {"load_s": load_s, "generate_s": generate_s, "job_tokens": n_tokens, "job_prompts": len(prompts)}
     for index, prompt in enumerate(prompts):
@@ -232,8 +232,9 @@ def _trace_generations(model, record, generation_paths, activation_paths, settin
         progress=progress,
         keep=lambda prompt_states, states: reduce_states(prompt_states, states, positions, last_k),
     )
-    projected = sum(rep["n_tokens"] for g in generations for rep in g["reps"])
-    _compare("trace", plan, record, progress, projected,
+    # teacher-forced tokens as the plan command counts them: prompt + completion per rep
+    projected = sum(len(g["prompt"]["token_ids"]) + rep["n_tokens"] for g in generations for rep in g["reps"])
+    _compare("trace", plan, record, progress, projected, projected,
              scaled_rate(plan_settings["trace_tokens_per_s"], record["size_b"], plan_settings["reference_size_b"]))
     for generation, path, reduced in zip(generations, activation_paths, traced):
         write_activations(path, generation, record, indices, trace["layer_fractions"], reduced,
