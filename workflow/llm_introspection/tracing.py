@@ -116,7 +116,7 @@ def trace_prompts(model, prompts, completions, indices, batch_size, pad_id, reco
                 by_index = completion_states.pop(p)
                 results[p] = keep(prompt_states.pop(p), [by_index[c] for c in range(len(completions[p]))])
         if progress:
-            progress.step(0, 1, 0, sum(len(completions[p][c]) for p, c in chunk))
+            progress.step(0, 1, end - start, sum(len(completions[p][c]) for p, c in chunk))
             progress.end_batch(end - start)
         return []
 
