@@ -23,7 +23,7 @@ from .models import load_model, load_tokenizer, prepare_model, resolve_device, r
 from .progress import Progress, compare_with_plan
 from .prompts import TEMPLATE_DATE, answer_end_labels, load_prompt, render_prompt, uses_chat_template
 from .records import completion_rows, weight_noise_name
-from .sampling import STAT_NAMES, SamplingParams, check_context, eos_token_ids, sample_completions
+from .sampling import COMPACT_BELOW, STAT_NAMES, SamplingParams, check_context, eos_token_ids, sample_completions
 from .storage import atomic_h5, read_json, set_attrs, versions, write_csv, write_json
 from .study.judge import score_completions
 from .study.rubric import load_rubric
@@ -150,6 +150,7 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
         lambda rows: tokenizer.batch_decode(rows, skip_special_tokens=True),
         record=plan,
         progress=progress,
+        compact=COMPACT_BELOW,
     )
     generate_s = time.perf_counter() - started
     n_tokens = sum(len(c.token_ids) for c in completions)

@@ -223,13 +223,15 @@ COMPACT_BELOW = 0.75
 
 def sample_completions(model, prompts, seeds, params, eos_ids, pad_id, batch_size, top_k, end_labels=None,
                        decode=None, record: BatchRecord | None = None, progress: Progress | None = None,
-                       compact: float | None = COMPACT_BELOW):
+                       compact: float | None = None):
     """Sample one completion per (prompt token ids, seed), batch_size sequences at a time (or
     record.start, when a memory plan is given: an out-of-memory error then halves the batch, and
     record notes it); `top_k` is the k of the top-k mass statistic. `end_labels` (one tuple per
     sequence; empty: none) end a sequence's answer where its text starts a line with one of them;
     `decode` (a batch decode: lists of ids to texts, e.g. tokenizer.batch_decode) reads its text.
-    Finished sequences leave the batch once the live ones are at most `compact` of it (None: never).
+    Finished sequences leave the batch once the live ones are at most `compact` of it (None, the
+    default: never; generate jobs use COMPACT_BELOW — not under steering hooks, which hold one
+    vector and position mask per row of the batch they were given).
     Every sequence draws from its own noise stream, so none of this changes a sample."""
     end_labels = list(end_labels or [()] * len(prompts))
     if any(end_labels) and decode is None:
