@@ -178,8 +178,11 @@ def get_job_prompt_files(wildcards):
 
 
 def model_runtime(name):
-    """runtime settings of one model: its own dtype overrides runtime.dtype."""
-    runtime = dict(config["runtime"])
+    """runtime settings of one model: its own dtype overrides runtime.dtype. The batch planning
+    keys (memory budget, progress interval) change no output but its provenance record, so they
+    are no param: the jobs read them from the config (llm_introspection.jobs.job_settings).
+    """
+    runtime = {key: config["runtime"][key] for key in ("device", "dtype")}
     runtime["dtype"] = MODELS[name].get("dtype", runtime["dtype"])
     return canonical(runtime)
 

@@ -13,18 +13,27 @@ import pandas as pd
 import torch
 from transformers.utils import logging as transformers_logging
 
+from .activations import reduce_states, write_activations
 from .batching import PAD_ID
+from .memory import (
+    BatchRecord, generate_bytes_per_sequence, gigabytes, plan_record, scaled_rate, shape_from_config,
+    trace_bytes_per_sequence,
+)
 from .models import load_model, load_tokenizer, prepare_model, resolve_device, resolve_dtype
+from .progress import Progress, compare_with_plan
 from .prompts import TEMPLATE_DATE, answer_end_labels, load_prompt, render_prompt, uses_chat_template
 from .records import completion_rows, weight_noise_name
-from .sampling import STAT_NAMES, SamplingParams, check_context, eos_token_ids, sample_completions
+from .sampling import COMPACT_BELOW, STAT_NAMES, SamplingParams, check_context, eos_token_ids, sample_completions
 from .storage import atomic_h5, read_json, set_attrs, versions, write_csv, write_json
 from .study.judge import score_completions
 from .study.rubric import load_rubric
 from .tracing import hidden_state_indices, trace_prompts
 from .weights import add_difference_sized_noise
 
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
+# runtime keys a job reads from the config rather than its params: they change no output but their
+# provenance record (the batch plan), so changing them reruns nothing.
+PLANNING_KEYS = ("memory_budget_gb", "memory_fraction", "progress_interval_s")
+PLAN_DEFAULTS = {"tokens_per_s": 2000.0, "trace_tokens_per_s": 20000.0, "reference_size_b": 8.0}
 
 transformers_logging.disable_progress_bar()  # job logs stay readable
 
@@ -38,6 +47,52 @@ def _check_paths_follow(ids, *path_lists):
     for paths in path_lists:
         if [Path(p).stem for p in paths] != list(ids):
             raise ValueError(f"output paths {list(paths)} do not follow the prompts {list(ids)}")
+
+
+def job_settings(params_runtime: dict, config: dict) -> tuple[dict, dict]:
+    """A job's runtime (its params, plus the planning keys of the config's runtime) and the config's
+    plan section (the throughput the job's actual numbers are compared with)."""
+    runtime = dict(params_runtime) | {k: config.get("runtime", {}).get(k) for k in PLANNING_KEYS}
+    return {k: v for k, v in runtime.items() if v is not None}, config.get("plan", {})
+
+
+def plan_batch(model, record: dict, runtime: dict, configured: int, per_sequence: int) -> BatchRecord:
+    """The batch plan of a job: the free memory after loading on a GPU, runtime.memory_budget_gb
+    minus the weights on the CPU (no plan without it)."""
+    fraction = runtime.get("memory_fraction", 0.9)
+    if record["device"].startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(record["device"]))
+        return plan_record(configured, per_sequence, free, "cuda free memory after loading", fraction)
+    if runtime.get("memory_budget_gb"):
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        budget = int(runtime["memory_budget_gb"] * 1e9) - weights
+        return plan_record(configured, per_sequence, max(budget, 0), "runtime.memory_budget_gb minus the weights",
+                           fraction)
+    return plan_record(configured, per_sequence, None, "none", fraction)
+
+
+def _shape_and_bytes(model):
+    return shape_from_config(model.config.get_text_config().to_dict()), next(model.parameters()).element_size()
+
+
+def _log_plan(what: str, plan: BatchRecord) -> None:
+    budget = f"{gigabytes(plan.budget_bytes)} ({plan.budget_source})" if plan.budget_bytes is not None else "none"
+    log(f"{what}: {gigabytes(plan.per_sequence_bytes)} planned per sequence, budget {budget}: "
+        f"batch {plan.start} (configured {plan.configured}, planned {plan.planned})")
+
+
+def _compare(what, plan: BatchRecord, record, progress: Progress, projected_tokens, actual_tokens, rate) -> None:
+    peak = torch.cuda.max_memory_allocated() if record["device"].startswith("cuda") else None
+    planned_peak = None if plan.per_sequence_bytes is None else plan.start * plan.per_sequence_bytes
+    log(compare_with_plan(what, {
+        "batch": plan.start, "tokens (at most)": projected_tokens,
+        "seconds": projected_tokens / rate, "tok/s": float(rate), "batch memory GB": planned_peak and planned_peak / 1e9,
+    }, {
+        "batch": max(plan.used, default=0), "tokens (at most)": actual_tokens,
+        "seconds": progress.elapsed, "tok/s": actual_tokens / max(progress.elapsed, 1e-9),
+        "batch memory GB": peak and peak / 1e9,
+    }) + f"; batches run {plan.used} after {len(plan.backoffs)} out-of-memory back-offs (peak memory measured "
+        "on CUDA only)")
 
 
 def open_model(manifest_path, runtime, threads):
@@ -74,6 +129,13 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
     check_context(model, record["name"], {p.id: len(ids) for p, (_, ids) in zip(prompts, rendered)}, gen["max_new_tokens"])
     end_labels = [answer_end_labels(p, record["variant"], record["frame"]) for p in prompts]
     seeds = [gen["seed"] + rep for rep in range(gen["reps"])]
+    runtime, plan_settings = settings["runtime"], PLAN_DEFAULTS | settings.get("plan", {})
+    shape, dtype_bytes = _shape_and_bytes(model)
+    per_sequence = generate_bytes_per_sequence(shape, max(len(ids) for _, ids in rendered), gen["max_new_tokens"],
+                                               dtype_bytes)
+    plan = plan_batch(model, record, runtime, gen["batch_size"], per_sequence)
+    _log_plan("generate", plan)
+    progress = Progress("generate", len(prompts) * len(seeds), runtime.get("progress_interval_s", 30), log)
     started = time.perf_counter()
     completions = sample_completions(
         model,
@@ -86,10 +148,15 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
         gen["top_k_mass"],
         [labels for labels in end_labels for _ in seeds],
         lambda rows: tokenizer.batch_decode(rows, skip_special_tokens=True),
+        record=plan,
+        progress=progress,
+        compact=COMPACT_BELOW,
     )
     generate_s = time.perf_counter() - started
     n_tokens = sum(len(c.token_ids) for c in completions)
     log(f"sampled {len(completions)} completions, {n_tokens} tokens in {generate_s:.1f} s ({n_tokens / generate_s:.1f} tok/s)")
+    _compare("generate", plan, record, progress, len(completions) * gen["max_new_tokens"], n_tokens,
+             scaled_rate(plan_settings["tokens_per_s"], record["size_b"], plan_settings["reference_size_b"]))
     timings = {"load_s": load_s, "generate_s": generate_s, "job_tokens": n_tokens, "job_prompts": len(prompts)}
     for index, prompt in enumerate(prompts):
         text, prompt_ids = rendered[index]
@@ -112,8 +179,8 @@ def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, s
             }
             for rep, (seed, c) in enumerate(zip(seeds, mine))
         ]
-        write_json(generation_paths[index], {**header, "reps": reps, "timings": timings})
-        _write_entropy(entropy_paths[index], header, seeds, mine)
+        write_json(generation_paths[index], {**header, "reps": reps, "timings": timings, "batching": plan.as_dict()})
+        _write_entropy(entropy_paths[index], header | {"batching": plan.as_dict()}, seeds, mine)
 
 
 def _write_entropy(path, header, seeds, completions):
@@ -139,12 +206,22 @@ def _write_entropy(path, header, seeds, completions):
         h5.create_dataset("first_token_entropy_sampling", data=stats[:, 0, 1])
 
 
-def _trace_generations(model, record, generation_paths, activation_paths, trace):
-    """Teacher-force every rep of every generation file through `model`; one activation file each."""
+def _trace_generations(model, record, generation_paths, activation_paths, settings):
+    """Teacher-force every rep of every generation file through `model`; one activation file each,
+    keeping the positions trace.positions says."""
+    trace, runtime = settings["trace"], settings["runtime"]
+    plan_settings = PLAN_DEFAULTS | settings.get("plan", {})
+    positions, last_k = trace.get("positions", "all"), trace.get("last_k", 16)
     indices = hidden_state_indices(trace["layer_fractions"], record["n_layers"])
     generations = [read_json(path) for path in generation_paths]
     _check_paths_follow([g["prompt"]["id"] for g in generations], activation_paths)
-    started = time.perf_counter()
+    shape, dtype_bytes = _shape_and_bytes(model)
+    longest = max(rep["n_tokens"] for g in generations for rep in g["reps"])
+    per_sequence = trace_bytes_per_sequence(shape, max(len(g["prompt"]["token_ids"]) for g in generations), longest,
+                                            dtype_bytes, len(indices))
+    plan = plan_batch(model, record, runtime, trace["batch_size"], per_sequence)
+    _log_plan("trace", plan)
+    progress = Progress("trace", sum(len(g["reps"]) for g in generations), runtime.get("progress_interval_s", 30), log)
     traced = trace_prompts(
         model,
         [g["prompt"]["token_ids"] for g in generations],
@@ -152,16 +229,23 @@ def _trace_generations(model, record, generation_paths, activation_paths, trace)
         indices,
         trace["batch_size"],
         pad_id=PAD_ID,
+        record=plan,
+        progress=progress,
+        keep=lambda prompt_states, states: reduce_states(prompt_states, states, positions, last_k),
     )
-    log(f"traced {sum(len(g['reps']) for g in generations)} completions in {time.perf_counter() - started:.1f} s")
-    for generation, path, (prompt_states, completion_states) in zip(generations, activation_paths, traced):
-        _write_activations(path, generation, record, indices, trace["layer_fractions"], prompt_states, completion_states)
+    # teacher-forced tokens as the plan command counts them: prompt + completion per rep
+    projected = sum(len(g["prompt"]["token_ids"]) + rep["n_tokens"] for g in generations for rep in g["reps"])
+    _compare("trace", plan, record, progress, projected, projected,
+             scaled_rate(plan_settings["trace_tokens_per_s"], record["size_b"], plan_settings["reference_size_b"]))
+    for generation, path, reduced in zip(generations, activation_paths, traced):
+        write_activations(path, generation, record, indices, trace["layer_fractions"], reduced,
+                          {"positions": positions, "last_k": last_k}, plan.as_dict())
 
 
 def run_trace(manifest_path, generation_paths, activation_paths, settings, threads):
     """Teacher-force every rep of every prompt and store the residual stream per prompt."""
     model, _, record, _ = open_model(manifest_path, settings["runtime"], threads)
-    _trace_generations(model, record, generation_paths, activation_paths, settings["trace"])
+    _trace_generations(model, record, generation_paths, activation_paths, settings)
 
 
 def run_trace_cross(manifest_path, generation_paths, activation_paths, settings, threads):
@@ -171,7 +255,7 @@ def run_trace_cross(manifest_path, generation_paths, activation_paths, settings,
     writers = {read_json(path)["model"]["name"] for path in generation_paths}
     if record["name"] in writers:
         raise ValueError(f"trace_cross of {record['name']} was given its own generations")
-    _trace_generations(model, record, generation_paths, activation_paths, settings["trace"])
+    _trace_generations(model, record, generation_paths, activation_paths, settings)
 
 
 def run_trace_noise(manifest_path, partner_manifest_path, generation_paths, activation_paths, settings, threads):
@@ -186,39 +270,7 @@ def run_trace_noise(manifest_path, partner_manifest_path, generation_paths, acti
         f"|weights| {noise['weight_norm']:.4g}")
     record = record | {"name": weight_noise_name(record["name"]),
                        "weight_noise": {"partner": partner_record["name"], "seed": settings["seed"], **noise}}
-    _trace_generations(model, record, generation_paths, activation_paths, settings["trace"])
-
-
-def _write_activations(path, generation, record, indices, fractions, prompt_states, completion_states):
-    arrays = [prompt_states, *completion_states]
-    overflow = max(float(np.abs(a).max()) for a in arrays) > _FLOAT16_MAX
-    storage = np.float32 if overflow else np.float16
-    prompt_ids = generation["prompt"]["token_ids"]
-    with atomic_h5(path) as h5:
-        set_attrs(h5, {
-            "study": generation["study"], "model": record, "generation_model": generation["model"],
-            "prompt_id": generation["prompt"]["id"], "prompt_type": generation["prompt"]["type"],
-            "generation": generation["generation"], "versions": versions(),
-            "hidden_state_indices": indices, "layer_fractions": fractions,
-            "storage_dtype": np.dtype(storage).name, "attention_sink_position": 0,
-        })
-        h5.attrs["description"] = (
-            "Residual stream from one teacher-forced pass over prompt + completion, at hidden-state "
-            "indices `hidden_state_indices` (0 = embedding output, h = output of block h-1 before "
-            "the final norm), as (layer, position, d). Group prompt: the prompt's positions, shared "
-            "by every rep (causal attention), with token_ids; position 0 is the attention sink (norm "
-            "far above the rest): exclude it from pooling and norms. Groups rep_NN: the completion's "
-            "positions (absolute position = prompt length + index) with token_ids, attrs rep and seed. "
-            "Stored as float16 unless a value exceeds float16's range (then float32: storage_dtype)."
-        )
-        prompt = h5.create_group("prompt")
-        prompt.create_dataset("hidden_states", data=prompt_states.astype(storage))
-        prompt.create_dataset("token_ids", data=np.array(prompt_ids, dtype=np.int64))
-        for rep, states in zip(generation["reps"], completion_states):
-            group = h5.create_group(f"rep_{rep['rep']:02d}")
-            set_attrs(group, {"rep": rep["rep"], "seed": rep["seed"], "stop_reason": rep["stop_reason"]})
-            group.create_dataset("hidden_states", data=states.astype(storage))
-            group.create_dataset("token_ids", data=np.array(rep["token_ids"], dtype=np.int64))
+    _trace_generations(model, record, generation_paths, activation_paths, settings)
 
 
 def run_judge(manifest_path, generation_paths, prompt_paths, rubric_path, output_path, settings, threads):

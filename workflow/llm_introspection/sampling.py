@@ -20,6 +20,8 @@ import torch
 
 from .batching import left_pad
 from .errors import InputError
+from .memory import BatchRecord, run_with_backoff
+from .progress import Progress
 
 # The nucleus is searched among this many top tokens first; a full sort only when it is wider.
 _NUCLEUS_CANDIDATES = 1024
@@ -147,7 +149,8 @@ def answer_length(token_ids: list[int], labels: Sequence[str], decode: Callable)
 
 
 @torch.inference_mode()
-def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_labels, decode):
+def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_labels, decode, compact=None,
+                  progress=None):
     from transformers import DynamicCache
 
     device = model.device
@@ -160,11 +163,20 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_lab
     # An end label spans at most as many tokens as it has bytes: the check decodes that many.
     window = max((len(("\n" + label).encode()) for row in watched for label in end_labels[row]), default=0)
     tokens, stats, frame_ends = [], [], {}  # frame_ends: row -> the step that completed its end label
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    n = len(prompts)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    live = torch.arange(n, device=device)  # the rows of the batch that the model still computes
+    if progress:
+        progress.start_batch(n)
     for step in range(params.max_new_tokens):
-        chosen, step_stats = sample_step(out.logits[:, -1], uniforms[:, step], params, top_k)
-        stats.append(step_stats.cpu())
-        token = torch.where(finished, pad_id, chosen)
+        chosen, step_stats = sample_step(out.logits[:, -1], uniforms[live, step], params, top_k)
+        drawn = torch.full((n,), pad_id, dtype=chosen.dtype, device=device)
+        drawn[live] = chosen
+        full_stats = torch.zeros((n, len(STAT_NAMES)), dtype=step_stats.dtype)
+        full_stats[live.cpu()] = step_stats.cpu()
+        stats.append(full_stats)
+        was_running = int((~finished).sum())
+        token = torch.where(finished, pad_id, drawn)
         tokens.append(token)
         finished |= torch.isin(token, eos)
         if watched:
@@ -175,11 +187,20 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_lab
             if ended:
                 frame_ends.update(dict.fromkeys(ended, step))
                 finished[ended] = True
+        if progress:
+            progress.step(step, params.max_new_tokens, int((~finished).sum()), was_running)
         if bool(finished.all()) or step + 1 == params.max_new_tokens:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=out.past_key_values)
+        keep = (~finished[live]).nonzero().squeeze(1)
+        if compact is not None and len(keep) < len(live) and len(keep) <= compact * len(live):
+            out.past_key_values.batch_select_indices(keep)  # finished rows leave the batch
+            mask, positions, live = mask[keep], positions[keep], live[keep]
+        out = model(input_ids=token[live][:, None], attention_mask=mask, position_ids=positions,
+                    past_key_values=out.past_key_values)
+    if progress:
+        progress.end_batch(n)
     tokens = torch.stack(tokens, dim=1).tolist()
     stats = torch.stack(stats, dim=1).numpy()
     completions = []
@@ -195,21 +216,39 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_lab
     return completions
 
 
+# Finished sequences leave the batch when the live ones are at most this share of the rows computed:
+# each compaction copies the whole cache once, so it waits until a quarter of the rows are idle.
+COMPACT_BELOW = 0.75
+
+
 def sample_completions(model, prompts, seeds, params, eos_ids, pad_id, batch_size, top_k, end_labels=None,
-                       decode=None):
-    """Sample one completion per (prompt token ids, seed), batch_size sequences at a time;
-    `top_k` is the k of the top-k mass statistic. `end_labels` (one tuple per sequence; empty:
-    none) end a sequence's answer where its text starts a line with one of them; `decode` (a
-    batch decode: lists of ids to texts, e.g. tokenizer.batch_decode) reads its text."""
+                       decode=None, record: BatchRecord | None = None, progress: Progress | None = None,
+                       compact: float | None = None):
+    """Sample one completion per (prompt token ids, seed), batch_size sequences at a time (or
+    record.start, when a memory plan is given: an out-of-memory error then halves the batch, and
+    record notes it); `top_k` is the k of the top-k mass statistic. `end_labels` (one tuple per
+    sequence; empty: none) end a sequence's answer where its text starts a line with one of them;
+    `decode` (a batch decode: lists of ids to texts, e.g. tokenizer.batch_decode) reads its text.
+    Finished sequences leave the batch once the live ones are at most `compact` of it (None, the
+    default: never; generate jobs use COMPACT_BELOW — not under steering hooks, which hold one
+    vector and position mask per row of the batch they were given).
+    Every sequence draws from its own noise stream, so none of this changes a sample."""
     end_labels = list(end_labels or [()] * len(prompts))
     if any(end_labels) and decode is None:
         raise ValueError("end labels need a decode function")
-    completions = []
-    for start in range(0, len(prompts), batch_size):
-        end = start + batch_size
-        completions += _sample_batch(model, prompts[start:end], seeds[start:end], params, set(eos_ids), pad_id, top_k,
-                                     end_labels[start:end], decode)
-    return completions
+    record = record or BatchRecord(batch_size)
+
+    def run(start, end):
+        return _sample_batch(model, prompts[start:end], seeds[start:end], params, set(eos_ids), pad_id, top_k,
+                             end_labels[start:end], decode, compact, progress)
+
+    return run_with_backoff(len(prompts), record, run, release_memory)
+
+
+def release_memory() -> None:
+    """Return a failed batch's cached CUDA blocks before a smaller one tries."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def eos_token_ids(model, tokenizer):

@@ -5,17 +5,18 @@ input of block 0) and h >= 1 the output of block h - 1, read before the final no
 decoder trunk runs: no logits are computed (entropies come from generation, see sampling).
 """
 
+from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
 
+from .activations import hidden_state_indices  # noqa: F401 (its home is the files' contract)
 from .batching import left_pad
+from .memory import BatchRecord, run_with_backoff
 from .modules import residual_module, untuple_tensor
-
-
-def hidden_state_indices(fractions: list[float], n_layers: int) -> list[int]:
-    """Hidden-state indices round(f * n_layers) for each fraction, sorted and unique."""
-    return sorted({int(round(f * n_layers)) for f in fractions})
+from .progress import Progress
+from .sampling import release_memory
 
 
 @contextmanager
@@ -84,20 +85,40 @@ def _trace_group(model, prompts, completions, indices, pad_id):
     return traced
 
 
-def trace_prompts(model, prompts, completions, indices, batch_size, pad_id):
+def trace_prompts(model, prompts, completions, indices, batch_size, pad_id, record: BatchRecord | None = None,
+                  progress: Progress | None = None, keep: Callable | None = None):
     """Residual stream at `indices` of every prompt and of each of its completions, teacher-forced.
 
-    A prompt's states are computed once and its key/value cache shared by all its completions.
-    `completions[p]` lists the completion ids of prompt p. Returns, per prompt, its
-    (len(indices), prompt_length, d) array and a list of (len(indices), completion_length, d)
-    arrays, float32; each forward pass holds at most `batch_size` completions (at least one prompt).
+    `completions[p]` lists the completion ids of prompt p. The completions, in order, are traced
+    batch_size at a time (or record.start, when a memory plan is given: an out-of-memory error then
+    halves the batch, and record notes it); a batch runs each of its prompts once and shares that
+    prompt's key/value cache among its completions. Returns, per prompt, `keep(prompt_states,
+    completion_states)` (default: the pair itself) of its (len(indices), prompt_length, d) array and
+    list of (len(indices), completion_length, d) arrays, float32: `keep` reduces each prompt as soon
+    as its last completion is traced, so a job never holds every position of every prompt.
     """
-    traced, start = [], 0
-    while start < len(prompts):
-        end, load = start, 0
-        while end < len(prompts) and (end == start or load + len(completions[end]) <= batch_size):
-            load += len(completions[end])
-            end += 1
-        traced += _trace_group(model, prompts[start:end], completions[start:end], indices, pad_id)
-        start = end
-    return traced
+    record = record or BatchRecord(batch_size)
+    keep = keep or (lambda prompt_states, completion_states: (prompt_states, completion_states))
+    owners = [(p, c) for p, group in enumerate(completions) for c in range(len(group))]
+    prompt_states, completion_states, results = {}, defaultdict(dict), {}
+
+    def run(start, end):
+        chunk = owners[start:end]
+        mine = sorted({p for p, _ in chunk})
+        if progress:
+            progress.start_batch(end - start)
+        traced = _trace_group(model, [prompts[p] for p in mine],
+                              [[completions[p][c] for q, c in chunk if q == p] for p in mine], indices, pad_id)
+        for p, (states, group) in zip(mine, traced):
+            prompt_states.setdefault(p, states)
+            completion_states[p].update(zip([c for q, c in chunk if q == p], group))
+            if len(completion_states[p]) == len(completions[p]):
+                by_index = completion_states.pop(p)
+                results[p] = keep(prompt_states.pop(p), [by_index[c] for c in range(len(completions[p]))])
+        if progress:
+            progress.step(0, 1, end - start, sum(len(completions[p][c]) for p, c in chunk))
+            progress.end_batch(end - start)
+        return []
+
+    run_with_backoff(len(owners), record, run, release_memory)
+    return [results[p] for p in range(len(prompts))]

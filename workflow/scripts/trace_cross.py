@@ -4,12 +4,15 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
 
+from llm_introspection.jobs import job_settings
 from llm_introspection.jobs import run_trace_cross
+
+runtime, plan = job_settings(snakemake.params.runtime, snakemake.config)  # + batch planning keys
 
 run_trace_cross(
     manifest_path=snakemake.input.manifest,
     generation_paths=snakemake.input.generations,
     activation_paths=snakemake.output.activations,
-    settings={"trace": snakemake.params.trace, "runtime": snakemake.params.runtime},
+    settings={"trace": snakemake.params.trace, "runtime": runtime, "plan": plan},
     threads=snakemake.threads,
 )

@@ -4,7 +4,10 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # the llm_introspection library
 
+from llm_introspection.jobs import job_settings
 from llm_introspection.jobs import run_trace_noise
+
+runtime, plan = job_settings(snakemake.params.runtime, snakemake.config)  # + batch planning keys
 
 run_trace_noise(
     manifest_path=snakemake.input.manifest,
@@ -13,7 +16,8 @@ run_trace_noise(
     activation_paths=snakemake.output.activations,
     settings={
         "trace": snakemake.params.trace,
-        "runtime": snakemake.params.runtime,
+        "runtime": runtime,
+        "plan": plan,
         "seed": snakemake.params.seed,
     },
     threads=snakemake.threads,

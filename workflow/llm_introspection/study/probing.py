@@ -93,14 +93,34 @@ POOLINGS = ("completion", "prompt_and_completion", "last_prompt")
 
 
 def _context(h5, path, pooling):
-    """(sum over the prompt positions pooled with each completion, their count) for a pooling."""
+    """(sum over the prompt positions pooled with each completion, their count) for a pooling.
+    Reads the file's pooled datasets (mean_hidden_states, last_hidden_states) where it has them,
+    else its positions (files written before they existed)."""
     if pooling == "completion":
         return 0.0, 0
-    states = _states(h5, "prompt", path)
+    prompt = h5["prompt"] if "prompt" in h5 else None
     if pooling == "last_prompt":
-        return states[:, -1], 1
+        if prompt is not None and "last_hidden_states" in prompt:
+            return prompt["last_hidden_states"][()].astype(np.float64), 1
+        return _states(h5, "prompt", path)[:, -1], 1
+    if prompt is not None and "mean_hidden_states" in prompt:
+        count = int(_attr(prompt, "n_pooled_positions", path))
+        return prompt["mean_hidden_states"][()].astype(np.float64) * count, count
+    states = _states(h5, "prompt", path)
     context = np.delete(states, int(_attr(h5, "attention_sink_position", path)), axis=1)
     return context.sum(axis=1), context.shape[1]
+
+
+def _completion_sum(h5, name, path):
+    """(sum over a completion's positions, their count), from its mean_hidden_states where stored."""
+    group = h5[name]
+    if "mean_hidden_states" in group:
+        if "token_ids" not in group:
+            raise InputError(f"{path}: no dataset {name}/token_ids")
+        count = len(group["token_ids"])
+        return group["mean_hidden_states"][()].astype(np.float64) * count, count
+    states = _states(h5, name, path)
+    return states.sum(axis=1), states.shape[1]
 
 
 def pooled_activations(paths: Iterable[Path | str],
@@ -136,8 +156,8 @@ def pooled_activations(paths: Iterable[Path | str],
                 if pooling == "last_prompt":
                     mean = context_sum  # the completion's own positions are not read
                 else:
-                    states = _states(h5, name, path)
-                    mean = (context_sum + states.sum(axis=1)) / (context_len + states.shape[1])
+                    total, count = _completion_sum(h5, name, path)
+                    mean = (context_sum + total) / (context_len + count)
                 for index, vector in zip(indices, mean):
                     pooled[index].append(vector)
                 rows.append({
