@@ -22,37 +22,38 @@ COLUMNS = ("evaluation", "model", "base", "comparison", "pair", "subset", "measu
 UNITS = {"answer_shift": "question", "self_prediction": "task", "calibration": "prompt",
          "length_prediction": "prompt", "detection": "trial"}
 NAN = float("nan")
+MIN_ITEMS = 3  # fewer items: the estimate only, no CI and no test (a bootstrap of 2 items is not an interval)
 
 
 def mean_ci(values, seed: int = 0, n_resamples: int = 2000) -> tuple[float, float, float, int]:
     """Mean of per-item values and its bootstrap CI over items (NaN values dropped); the bounds
-    are NaN with fewer than 2 items."""
+    are NaN with fewer than MIN_ITEMS items."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
     if values.size == 0:
         return NAN, NAN, NAN, 0
-    if values.size < 2:
-        return float(values.mean()), NAN, NAN, 1
+    if values.size < MIN_ITEMS:
+        return float(values.mean()), NAN, NAN, int(values.size)
     estimate, low, high = bootstrap_ci(values, np.mean, n_resamples=n_resamples, seed=seed)
     return float(estimate), float(low), float(high), int(values.size)
 
 
 def one_sample_p(values) -> float:
-    """Two-sided one-sample t-test of the per-item values against 0 (NaN: fewer than 2 items or no
-    variance)."""
+    """Two-sided one-sample t-test of the per-item values against 0 (NaN: fewer than MIN_ITEMS
+    items, or every value 0; 0 when every value is the same other number)."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
-    if values.size < 2 or np.ptp(values) == 0:
-        return NAN if values.size < 2 or values[0] == 0 else 0.0
+    if values.size < MIN_ITEMS or np.ptp(values) == 0:
+        return NAN if values.size < MIN_ITEMS or values[0] == 0 else 0.0
     return float(ttest_1samp(values, 0.0).pvalue)
 
 
 def group_difference(a, b, seed: int = 0, n_resamples: int = 2000) -> dict:
     """mean(a) - mean(b) over two independent sets of items: bootstrap CI resampling each set,
-    Welch's t-test."""
+    Welch's t-test (the estimate only with fewer than MIN_ITEMS items in a set)."""
     a, b = (np.asarray(x, dtype=float) for x in (a, b))
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
-    if a.size < 2 or b.size < 2:
+    if a.size < MIN_ITEMS or b.size < MIN_ITEMS:
         estimate = float(a.mean() - b.mean()) if a.size and b.size else NAN
         return {"estimate": estimate, "low": NAN, "high": NAN, "n_items": int(a.size + b.size), "p_value": NAN}
     estimate, low, high = bootstrap_two_sample_ci(a, b, mean_difference, n_resamples=n_resamples, seed=seed)
@@ -118,6 +119,8 @@ def self_prediction_rows(records, base, seed, n_resamples):
             rows.append(_row("accuracy_difference", group["diff"], prop, seed, n_resamples, test=True))
         per_task = joined.groupby("item")["diff"].mean()
         return rows + [_row("accuracy_difference", per_task, "all", seed, n_resamples, test=True)]
+    if scored.empty:  # no answer had any of the properties asked (a model that writes nothing readable)
+        return [_row(m, [], "all") for m in ("accuracy", "baseline_accuracy", "accuracy_minus_baseline")]
     pooled = []
     for prop, group in scored.groupby("property", sort=False):
         baseline = _mode_hits(group["actual"])
