@@ -21,32 +21,27 @@ CAPTIONS = {
 }
 
 
-def _cell(row) -> str:
+def _interval(row) -> str:
     if pd.isna(row["estimate"]):
         return "–"
-    text = f"{row['estimate']:.3f} [{row['low']:.3f}, {row['high']:.3f}]".replace("nan", "–")
-    if pd.notna(row["p_holm"]):
-        text += f", p_Holm {row['p_holm']:.3g}"
-    return text + f" (n={int(row['n_items'])})"
+    return f"{row['estimate']:.3f} [{row['low']:.3f}, {row['high']:.3f}]".replace("nan", "–")
 
 
 def headline_table(tables: dict) -> pd.DataFrame:
-    """One row per model and per comparison (and answer pair), one column per evaluation."""
-    rows = {}
+    """The model/variant x evaluation table, one row per (model or comparison, evaluation, answer
+    pair): the evaluation's headline with its CI over items, n, Holm-adjusted p and its family."""
+    rows = []
     for evaluation, table in tables.items():
-        table = table.fillna({"subset": "", "pair": "", "base": ""})
+        table = table.fillna({"subset": "", "pair": "", "base": "", "family": ""})
         for kind, (measure, subset) in zip(("per_model", "comparison"), HEADLINES[evaluation]):
             chosen = table[(table["measure"] == measure) & (table["subset"] == subset)]
             chosen = chosen[(chosen["comparison"] == "per_model") == (kind == "per_model")]
             for _, row in chosen.iterrows():
-                label = row["model"] + (f" vs {row['base']}" if row["base"] else "")
-                pairs = [row["pair"]] if evaluation == "answer_shift" else [""]
-                key = (label, row["comparison"])
-                rows.setdefault(key, {"model / variant": label, "unit": row["comparison"]})
-                for pair in pairs:
-                    column = f"{evaluation} ({measure}{', ' + pair if pair else ''})"
-                    rows[key][column] = _cell(row)
-    return pd.DataFrame(list(rows.values())).fillna("–")
+                rows.append({"model / variant": row["model"] + (f" vs {row['base']}" if row["base"] else ""),
+                             "evaluation": evaluation, "pair": row["pair"] or "–", "measure": measure,
+                             "estimate [95% CI]": _interval(row), "n": int(row["n_items"]), "unit": row["unit"],
+                             "p (Holm)": row["p_holm"], "Holm family": row["family"] or "–"})
+    return pd.DataFrame(rows).sort_values(["model / variant", "evaluation"], kind="stable")
 
 
 def selfknowledge_section(inputs: dict, settings: dict, markdown_table, figure) -> list[str]:
@@ -91,9 +86,10 @@ def profile_section(inputs: dict, markdown_table) -> list[str]:
         markdown_table(profile),
     ]
     if estimable.empty:
-        reasons = correlations["reason"].dropna().value_counts()
-        text.append("No correlation is estimable in this design: "
-                    + ("; ".join(f"{r} ({n} pairs of measures)" for r, n in reasons.items()) or "no measures") + ".")
+        most = int(correlations["n_models"].max()) if len(correlations) else 0
+        text.append(f"No correlation is estimable in this design: at most {most} model(s) share two measures, "
+                    f"and a rank correlation needs at least {summary['min_models']} "
+                    "(results/statistics/introspection_correlations.csv says why for every pair of measures).")
     else:
         text.append(markdown_table(estimable[["measure_a", "measure_b", "n_models", "spearman_rho", "low", "high",
                                               "p_value", "p_value_min"]]))
