@@ -6,11 +6,14 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import REPO, TINY_LLAMA, snakemake, tiny_spec, write_study
 from llm_introspection.config import read_yaml
+from llm_introspection.errors import InputError
 from llm_introspection.selfknowledge.profile import MIN_MODELS, correlations, spearman_row
+from llm_introspection.study.statistics import spearman_exact
 
 
 def test_default_study_plans_every_evaluation_per_embedded_model_and_the_profile(tmp_path):
@@ -49,7 +52,7 @@ def test_job_writes_records_with_provenance(tokenizer_dir, tmp_path):
     manifest = prepare_model("tiny", tiny_spec(tokenizer_dir, TINY_LLAMA, variant="instruct"), tmp_path / "m")
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "out.json"
-    settings = {"answer_pairs": [["Foo", "Bar"]], "questions_per_category": 1, "batch_size": 8}
+    settings = {"answer_pairs": [["Up", "Down"]], "questions_per_category": 1, "batch_size": 8}
     run_selfknowledge(tmp_path / "manifest.json", "answer_shift", out, settings,
                       {"questions": str(REPO / "resources/selfknowledge/questions.yaml")},
                       {"device": "cpu", "dtype": "float32"}, 1)
@@ -57,8 +60,13 @@ def test_job_writes_records_with_provenance(tokenizer_dir, tmp_path):
     assert data["model"]["source"]["kind"] == "tiny_random" and data["model"]["dtype"] == "float32"
     assert data["texts"]["version"] == 1 and len(data["texts"]["sha256"]) == 64
     assert data["versions"]["torch"] and data["settings"] == settings
-    assert len(data["records"]) == 13 and {r["pair"] for r in data["records"]} == {"Foo/Bar"}
+    assert len(data["records"]) == 13 and {r["pair"] for r in data["records"]} == {"Up/Down"}
     assert data["timing"]["records_per_s"] > 0
+    # an option that is not one token after the prefill is refused, naming it (" Foo" is two tokens here)
+    with pytest.raises(InputError, match="' Foo'"):
+        run_selfknowledge(tmp_path / "manifest.json", "answer_shift", out, settings | {"answer_pairs": [["Foo", "Bar"]]},
+                          {"questions": str(REPO / "resources/selfknowledge/questions.yaml")},
+                          {"device": "cpu", "dtype": "float32"}, 1)
 
 
 def test_correlations_are_not_estimable_below_the_minimum_and_find_a_planted_rank_order():
@@ -66,8 +74,13 @@ def test_correlations_are_not_estimable_below_the_minimum_and_find_a_planted_ran
     (row,) = correlations(two).to_dict("records")
     assert not row["estimable"] and "need at least" in row["reason"] and row["n_models"] == 2
     rng = np.random.default_rng(0)
-    x = rng.normal(size=8)
-    row = spearman_row(x, x + rng.normal(0, 0.1, size=8), n_resamples=500)
-    assert row["n_models"] == 8 >= MIN_MODELS and row["spearman_rho"] > 0.8 and row["low"] > 0 and row["p_value"] < 0.01
-    null = [spearman_row(rng.normal(size=6), rng.normal(size=6), n_resamples=50)["p_value"] < 0.05 for _ in range(40)]
-    assert np.mean(null) <= 0.15
+    x = rng.normal(size=7)
+    row = spearman_row(x, x + rng.normal(0, 0.1, size=7), n_resamples=500)
+    assert row["n_models"] == 7 >= MIN_MODELS and row["spearman_rho"] > 0.8 and row["low"] > 0 and row["p_value"] < 0.01
+    assert row["p_value_min"] == pytest.approx(2 / 5040)
+    # the exact p agrees with scipy's permutation test of spearmanr (all orderings)
+    y = rng.normal(size=5)
+    assert spearman_row(x[:5], y)["p_value"] == pytest.approx(spearman_exact(x[:5], y)[1])
+    null = [spearman_row(rng.normal(size=6), rng.normal(size=6), n_resamples=50)["p_value"] < 0.05 for _ in range(200)]
+    assert np.mean(null) <= 0.08
+    assert spearman_row([1, 1, 1, 1], [1, 2, 3, 4])["reason"].endswith("constant over models")

@@ -35,22 +35,42 @@ def prompt_ids(tokenizer, message: str, chat: bool, path, prefill: str = "") -> 
 
 
 @torch.inference_mode()
+def _greedy_batch(model, sequences, max_new_tokens, eos):
+    """Greedy token ids per sequence of one left-padded batch, KV-cached, up to its first eos
+    (inclusive) or max_new_tokens; only the last position's logits are computed."""
+    from transformers import DynamicCache
+
+    ids, mask, positions = left_pad(sequences, PAD_ID, model.device)
+    eos_ids = torch.tensor(sorted(eos), device=model.device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                past_key_values=DynamicCache(config=model.config), logits_to_keep=1)
+    finished = torch.zeros(len(sequences), dtype=torch.bool, device=model.device)
+    tokens = []
+    for step in range(max_new_tokens):
+        token = torch.where(finished, PAD_ID, out.logits[:, -1].argmax(-1))
+        tokens.append(token)
+        finished |= torch.isin(token, eos_ids)
+        if bool(finished.all()) or step + 1 == max_new_tokens:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                    past_key_values=out.past_key_values, logits_to_keep=1)
+    return torch.stack(tokens, dim=1).tolist()
+
+
 def greedy_answers(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int,
                    chat: bool) -> list[tuple[str, bool]]:
     """(answer text, truncated) per sequence: greedy decoding, batched longest first, stopped at the
     model's end of turn; a plain transcript's answer is cut where a line starts the next turn
     ("User:"/"Assistant:"). `truncated`: the answer reached max_new_tokens unfinished."""
-    eos = sorted(eos_token_ids(model, tokenizer))
+    eos = eos_token_ids(model, tokenizer)
     labels = () if chat else tuple(TRANSCRIPT_LABELS.values())
     results = [None] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        ids, mask, _ = left_pad([sequences[i] for i in rows], PAD_ID, model.device)
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=eos, pad_token_id=eos[0] if eos else PAD_ID, top_p=None, top_k=None,
-                             temperature=None)
-        for row, generated in zip(rows, out[:, ids.shape[1] :].tolist()):
+        for row, generated in zip(rows, _greedy_batch(model, [sequences[i] for i in rows], max_new_tokens, eos)):
             ended = [k for k, token in enumerate(generated) if token in eos]
             kept = generated[: ended[0]] if ended else generated
             text = tokenizer.decode(kept, skip_special_tokens=True)

@@ -8,15 +8,18 @@ A correlation needs MIN_MODELS models with both measures; below that its row say
 estimable" and why.
 """
 
+import itertools
+import math
+
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata, spearmanr
 
 from ..records import base_instruct_pairs
 from ..storage import read_csv, versions, write_csv, write_json
-from ..study.statistics import spearman_exact
 
 MIN_MODELS = 4
-EXACT_UP_TO = 8  # models: an exact permutation p up to here (8! orderings), scipy's beyond
+EXACT_UP_TO = 7  # models: an exact permutation p up to here (all 7! orderings), scipy's t approximation beyond
 CORRELATION_COLUMNS = ("measure_a", "measure_b", "n_models", "spearman_rho", "low", "high", "p_value",
                        "p_value_min", "undefined_resamples", "estimable", "reason")
 # (input key, measure, selection, profile column) of the tables the profile reads, mean over rows.
@@ -86,12 +89,22 @@ def profile_table(inputs: dict, models: dict) -> pd.DataFrame:
     return design.join(table).rename_axis("model").reset_index()
 
 
-def _rho(x, y):
-    with np.errstate(all="ignore"):
-        rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
-        if np.ptp(rx) == 0 or np.ptp(ry) == 0:
-            return np.nan
-        return float(np.corrcoef(rx, ry)[0, 1])
+def rho_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair of x and y (n_rows, n), ties ranked by their mean; NaN
+    where a row is constant."""
+    rx, ry = rankdata(x, axis=-1), rankdata(y, axis=-1)
+    rx, ry = rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(-1) / np.sqrt((rx**2).sum(-1) * (ry**2).sum(-1))
+
+
+def exact_p(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Two-sided permutation p of Spearman's rho over all n! orderings of y, and the smallest p
+    this n allows (2/n!)."""
+    orders = np.array(list(itertools.permutations(range(len(y)))))
+    observed = rho_rows(x[None], y[None])[0]
+    null = rho_rows(np.broadcast_to(x, orders.shape), y[orders])
+    return float(np.mean(np.abs(null) >= abs(observed) - 1e-12)), 2 / math.factorial(len(y))
 
 
 def spearman_row(x, y, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
@@ -104,21 +117,17 @@ def spearman_row(x, y, n_resamples: int = 2000, seed: int = 0, confidence: float
     if n < MIN_MODELS:
         return {"n_models": n, "estimable": False,
                 "reason": f"not estimable: {n} model(s) with both measures, need at least {MIN_MODELS}"}
-    rng = np.random.default_rng(seed)
-    draws = np.array([_rho(x[i], y[i]) for i in rng.integers(0, n, size=(n_resamples, n))])
+    rho = float(rho_rows(x[None], y[None])[0])
+    if np.isnan(rho):
+        return {"n_models": n, "estimable": False, "reason": "not estimable: a measure is constant over models"}
+    index = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    draws = rho_rows(x[index], y[index])
     defined = draws[~np.isnan(draws)]
     tail = (1 - confidence) / 2
-    rho = _rho(x, y)
-    if n <= EXACT_UP_TO:
-        _, p, p_min = spearman_exact(x, y)
-    else:
-        from scipy.stats import spearmanr
-
-        p, p_min = float(spearmanr(x, y).pvalue), np.nan
+    p, p_min = exact_p(x, y) if n <= EXACT_UP_TO else (float(spearmanr(x, y).pvalue), np.nan)
     return {"n_models": n, "spearman_rho": rho, "low": float(np.quantile(defined, tail)) if defined.size else np.nan,
             "high": float(np.quantile(defined, 1 - tail)) if defined.size else np.nan, "p_value": p,
-            "p_value_min": p_min, "undefined_resamples": int(np.isnan(draws).sum()),
-            "estimable": not np.isnan(rho), "reason": "" if not np.isnan(rho) else "a measure is constant over models"}
+            "p_value_min": p_min, "undefined_resamples": int(np.isnan(draws).sum()), "estimable": True, "reason": ""}
 
 
 def correlations(profile: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
