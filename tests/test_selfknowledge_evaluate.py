@@ -48,6 +48,9 @@ def test_greedy_answers_do_not_depend_on_their_batch(tiny):
     together = evaluate.greedy_answers(model, tokenizer, sequences, 6, 2, True)
     alone = [evaluate.greedy_answers(model, tokenizer, [s], 6, 1, True)[0] for s in sequences]
     assert together == alone
+    # the KV-cached loop is transformers' greedy decoding
+    reference = model.generate(input_ids=torch.tensor([sequences[0]]), max_new_tokens=6, do_sample=False)
+    assert together[0][0] == tokenizer.decode(reference[0, len(sequences[0]):], skip_special_tokens=True).strip()
     assert all(truncated for _, truncated in together)  # a random model does not end its turn in 6 tokens
 
 
