@@ -84,3 +84,16 @@ def test_correlations_are_not_estimable_below_the_minimum_and_find_a_planted_ran
     null = [spearman_row(rng.normal(size=6), rng.normal(size=6), n_resamples=50)["p_value"] < 0.05 for _ in range(200)]
     assert np.mean(null) <= 0.08
     assert spearman_row([1, 1, 1, 1], [1, 2, 3, 4])["reason"].endswith("constant over models")
+
+
+def test_parse_time_and_analysis_modules_of_the_study_do_not_import_torch():
+    import os
+    import subprocess
+    import sys
+
+    modules = ["selfknowledge.design", "selfknowledge.texts", "selfknowledge.scoring", "selfknowledge.statistics",
+               "selfknowledge.profile", "report.selfknowledge"]
+    code = "import sys\n" + "".join(f"import llm_introspection.{m}\n" for m in modules) + "print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    assert result.stdout.strip() == "False", result.stderr
