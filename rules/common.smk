@@ -12,6 +12,8 @@ from llm_introspection.injection import texts as injection_texts
 from llm_introspection.models_check import check_models
 from llm_introspection.prompts import load_prompt_set, select_prompt_ids
 from llm_introspection.records import base_instruct_pairs, condition
+from llm_introspection.selfknowledge import design as selfknowledge_design
+from llm_introspection.selfknowledge.texts import load_questions, load_tasks
 from llm_introspection import registry
 from llm_introspection.study.coding import load_labelled_examples, load_lexicon
 from llm_introspection.study.rubric import load_rubric
@@ -32,6 +34,9 @@ try:
     if config["injection"]["models"]:
         for key, path in config["injection"]["resources"].items():
             getattr(injection_texts, registry.RESOURCES[key])(path)
+    if config["selfknowledge"]["models"]:
+        load_questions(config["selfknowledge"]["resources"]["questions"])
+        load_tasks(config["selfknowledge"]["resources"]["tasks"])
 except InputError as error:
     raise WorkflowError(str(error)) from None
 
@@ -144,6 +149,18 @@ if INJECTION["vector_method"] == "contrastive" and WORD_EXPERIMENTS:
         "config key 'injection.vector_method': contrastive vectors are named by sentence pair, not by "
         f"concept word, so they serve localization only, not {sorted(WORD_EXPERIMENTS)}"
     )
+
+# Self-knowledge evaluations: the listed models and the base of every listed LoRA model.
+SELFKNOWLEDGE = config["selfknowledge"]
+for name in SELFKNOWLEDGE["models"]:
+    if name not in MODELS:
+        raise WorkflowError(
+            f"config key 'selfknowledge.models': {name!r} is not one of the models ({', '.join(MODELS)})"
+        )
+SELFKNOWLEDGE_MODELS = selfknowledge_design.evaluated_models(
+    MODELS, SELFKNOWLEDGE["models"]
+)
+SELFKNOWLEDGE_EVALUATIONS = SELFKNOWLEDGE["evaluations"] if SELFKNOWLEDGE_MODELS else []
 
 
 wildcard_constraints:
@@ -315,6 +332,89 @@ def get_injection_report_inputs(wildcards):
     }
 
 
+def selfknowledge_files(evaluation):
+    """The per-model record files of one self-knowledge evaluation."""
+    return expand(
+        "results/selfknowledge/{evaluation}/{model}.json",
+        evaluation=evaluation,
+        model=SELFKNOWLEDGE_MODELS,
+    )
+
+
+def selfknowledge_statistics_outputs():
+    return {
+        e: f"results/statistics/selfknowledge_{e}.csv"
+        for e in SELFKNOWLEDGE_EVALUATIONS
+    }
+
+
+SELFKNOWLEDGE_FIGURES = (
+    [
+        name
+        for name, evaluation in (
+            ("selfknowledge_shifts", "answer_shift"),
+            ("selfknowledge_calibration", "calibration"),
+        )
+        if evaluation in SELFKNOWLEDGE_EVALUATIONS
+    ]
+    if SELFKNOWLEDGE_MODELS
+    else []
+)
+
+
+def get_selfknowledge_resources(wildcards):
+    """The one resource file an evaluation reads, by its key."""
+    key = selfknowledge_design.EVALUATIONS[wildcards.evaluation].resource
+    return {key: SELFKNOWLEDGE["resources"][key]}
+
+
+def get_selfknowledge_settings(wildcards):
+    """The selfknowledge keys one evaluation's job reads."""
+    keys = selfknowledge_design.EVALUATIONS[wildcards.evaluation].settings
+    return canonical({key: SELFKNOWLEDGE[key] for key in keys})
+
+
+def get_selfknowledge_models(wildcards):
+    """The entries of the evaluated models (the statistics read their variant and source)."""
+    return canonical({name: MODELS[name] for name in SELFKNOWLEDGE_MODELS})
+
+
+def get_selfknowledge_outputs(wildcards):
+    """The self-knowledge tables and figures, when the config runs the evaluations."""
+    if not SELFKNOWLEDGE_MODELS:
+        return {}
+    return {
+        "selfknowledge": "results/statistics/selfknowledge_statistics.json",
+        **{
+            f"selfknowledge_{e}": path
+            for e, path in selfknowledge_statistics_outputs().items()
+        },
+        "selfknowledge_figures": expand(
+            "results/figures/{name}.png", name=SELFKNOWLEDGE_FIGURES
+        ),
+    }
+
+
+def get_profile_inputs(wildcards):
+    """What the introspection profile joins: the core study's tables, and the injection and
+    self-knowledge tables when the config runs them."""
+    inputs = {
+        "coding": expand("results/coding/keyword/{model}.csv", model=MODELS),
+        "scaling": "results/statistics/scaling_statistics.json",
+        "entropy": "results/statistics/entropy_statistics_enhanced.csv",
+        "probing": "results/probing/probes.csv",
+    }
+    if INJECTION["models"]:
+        inputs |= {
+            f"injection_{t}": path for t, path in injection_statistics_outputs().items()
+        }
+    inputs |= {
+        f"selfknowledge_{e}": path
+        for e, path in selfknowledge_statistics_outputs().items()
+    }
+    return inputs
+
+
 def get_study_outputs():
     patterns = [
         "results/generations/{model}/{prompt}.json",
@@ -336,11 +436,17 @@ def get_study_outputs():
             "results/statistics/entropy_profiles.csv",
             "results/statistics/agreement_statistics.json",
             "results/statistics/probing_statistics.json",
+            "results/statistics/introspection_profile.csv",
             "results/report.md",
         ]
         + (
             ["results/statistics/injection_statistics.json"]
             if INJECTION["models"]
+            else []
+        )
+        + (
+            ["results/statistics/selfknowledge_statistics.json"]
+            if SELFKNOWLEDGE_MODELS
             else []
         )
     )

@@ -29,6 +29,10 @@ rule figures:
 rule report:
     input:
         unpack(get_injection_report_inputs),
+        unpack(get_selfknowledge_outputs),
+        profile="results/statistics/introspection_profile.csv",
+        profile_correlations="results/statistics/introspection_correlations.csv",
+        profile_summary="results/statistics/introspection_profile.json",
         generations=expand(
             "results/generations/{model}/{prompt}.json",
             model=MODELS,
@@ -68,6 +72,7 @@ rule report:
                     "coding",
                     "statistics",
                     "injection",
+                    "selfknowledge",
                 )
             }
         ),

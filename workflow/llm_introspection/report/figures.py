@@ -223,3 +223,52 @@ def run_figures(inputs, outputs, seed):
     entropy_profiles(read_csv(inputs["entropy_profiles"]), outputs["entropy_profiles"])
     probe_accuracy(read_csv(inputs["probes"]), outputs["probe_accuracy"])
     activation_embeddings(read_csv(inputs["embeddings"]), outputs["activation_embeddings"])
+
+
+def selfknowledge_shifts(table, path):
+    """answer_shift: per answer pair, P(A) per category (per model), or its shift against the base
+    (per comparison when there is one), with 95% bootstrap CIs over questions."""
+    shifted = table[table["comparison"] != "per_model"]
+    rows = shifted if len(shifted) else table
+    measure = "shift_p_a" if len(shifted) else "p_a"
+    rows = rows[(rows["measure"] == measure) & ~rows["subset"].isin(["suggestive", "control", "headline"])]
+    pairs = list(dict.fromkeys(rows["pair"]))
+    figure, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4.2), squeeze=False)
+    for axis, pair in zip(axes[0], pairs):
+        data = rows[rows["pair"] == pair]
+        categories = list(dict.fromkeys(data["subset"]))
+        models = list(dict.fromkeys(data["model"]))
+        width = 0.8 / len(models)
+        for k, (model, color) in enumerate(zip(models, sns.color_palette(n_colors=max(len(models), 3)))):
+            one = data[data["model"] == model].set_index("subset").reindex(categories)
+            axis.bar([i + k * width for i in range(len(categories))], one["estimate"], width=width, color=color,
+                     yerr=_error_bars(one["estimate"], one["low"], one["high"]), capsize=2, label=model)
+        axis.axhline(0 if len(shifted) else 0.5, color="grey", linestyle=":", linewidth=1)
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(categories))], categories, rotation=60, ha="right",
+                        fontsize=7)
+        axis.set(title=f"pair {pair}", ylabel=("P(A) variant - base" if len(shifted) else "P(A)"))
+        axis.legend(fontsize=7)
+    _save(figure, path)
+
+
+def selfknowledge_calibration(table, path):
+    """calibration: KL(model || verbal report), top-5 overlap and top-1 match per model, with
+    95% bootstrap CIs over prompts."""
+    rows = table[table["comparison"] == "per_model"]
+    measures = ["kl", "top5_overlap", "top1_match"]
+    figure, axes = plt.subplots(1, 3, figsize=(11, 3.4), squeeze=False)
+    for axis, measure in zip(axes[0], measures):
+        data = rows[rows["measure"] == measure]
+        axis.bar(data["model"], data["estimate"], yerr=_error_bars(data["estimate"], data["low"], data["high"]),
+                 capsize=3, color=sns.color_palette(n_colors=max(len(data), 3))[: len(data)])
+        axis.set(title=measure, ylabel="nats" if measure == "kl" else "share of prompts")
+        axis.tick_params(axis="x", labelrotation=30, labelsize=7)
+    _save(figure, path)
+
+
+def run_selfknowledge_figures(inputs, outputs):
+    """The self-knowledge figures from the selfknowledge_*.csv tables (`inputs`: evaluation -> path)."""
+    if "selfknowledge_shifts" in outputs:
+        selfknowledge_shifts(read_csv(inputs["answer_shift"]).fillna({"subset": ""}), outputs["selfknowledge_shifts"])
+    if "selfknowledge_calibration" in outputs:
+        selfknowledge_calibration(read_csv(inputs["calibration"]), outputs["selfknowledge_calibration"])

@@ -12,6 +12,7 @@ from ..storage import read_csv, read_json, versions, write_text
 from ..study.analysis import describe_by_model
 from ..study.coding import DIMENSIONS, labelled_agreement, load_labelled_examples, load_lexicon
 from ..study.rubric import DIMENSIONS as JUDGE_DIMENSIONS
+from .selfknowledge import profile_section, selfknowledge_section
 
 INJECTION_FIGURE_CAPTIONS = (
     ("injection_sweep", "Headline rate by strength (Wilson CIs); dashed: control; dotted: chance."),
@@ -348,6 +349,10 @@ def run_report(inputs, output_path, settings):
         *(_injection(read_json(inputs["injection"]), settings["injection"],
                      [(n, c) for n, c in INJECTION_FIGURE_CAPTIONS if any(Path(f).stem == n for f in inputs["injection_figures"])])
           if "injection" in inputs else []),
+        *(selfknowledge_section(inputs, settings["selfknowledge"], markdown_table, _figure)
+          if "selfknowledge" in inputs else []),
+        *profile_section({"profile": inputs["profile"], "correlations": inputs["profile_correlations"],
+                          "profile_summary": inputs["profile_summary"]}, markdown_table),
         "## Mixed-effects models and scaling",
         "Family random intercept (as the original study), and `instruct_crossed`: crossed family, model, prompt and "
         "prompt x instruct variance components, fitted to (model, prompt) cell means.",

@@ -1,0 +1,58 @@
+"""What the self-knowledge study evaluates and what it compares (torch-free: read at parse time).
+
+Every evaluation runs per model; each model is compared with its base: a model whose source is
+`{kind: lora, base: <model>}` with that model, else an instruct model with the base model of its
+base/instruct pair (records.base_instruct_pairs). Models without either are reported alone.
+"""
+
+from dataclasses import dataclass
+
+from ..records import base_instruct_pairs
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation: the resource file it reads (a key of selfknowledge.resources), the
+    selfknowledge keys its job reads, and whether it generates text."""
+
+    name: str
+    resource: str
+    settings: tuple[str, ...]
+    generates: bool
+
+
+EVALUATIONS = {
+    e.name: e
+    for e in (
+        Evaluation("answer_shift", "questions", ("answer_pairs", "questions_per_category", "batch_size"), False),
+        Evaluation("self_prediction", "tasks", ("n_items", "max_new_tokens", "batch_size"), True),
+        Evaluation("calibration", "tasks", ("n_items", "max_new_tokens", "batch_size"), True),
+        Evaluation("length_prediction", "tasks", ("n_items", "max_new_tokens", "batch_size"), True),
+    )
+}
+# Measured by the statistics but run by the finetuning rules (steer-then-remove detection data).
+DETECTION = "detection"
+
+
+def comparisons(models: dict, evaluated) -> list[tuple[str, str, str]]:
+    """(variant, base, kind) for every evaluated model with an evaluated base: kind 'lora_vs_base'
+    for a LoRA model against `source.base`, 'instruct_vs_base' for a base/instruct pair."""
+    evaluated = set(evaluated)
+    found = []
+    for name in sorted(evaluated):
+        source = models[name].get("source", {})
+        if source.get("kind") == "lora" and source.get("base") in evaluated:
+            found.append((name, source["base"], "lora_vs_base"))
+    plain = {n: m for n, m in models.items() if n in evaluated and m.get("source", {}).get("kind") != "lora"}
+    found += [(instruct, base, "instruct_vs_base") for base, instruct in base_instruct_pairs(plain)]
+    return found
+
+
+def evaluated_models(models: dict, listed) -> list[str]:
+    """The listed models and the base of every listed LoRA model (so each has its comparison)."""
+    names = list(dict.fromkeys(listed))
+    for name in list(names):
+        source = models[name].get("source", {})
+        if source.get("kind") == "lora" and source.get("base") not in names:
+            names.append(source["base"])
+    return names

@@ -1,0 +1,211 @@
+"""The self-knowledge evaluations on a loaded model: each returns one record per item (question x
+answer pair, task x property, prompt), the unit its statistics resample.
+
+Every input is a one-turn conversation rendered as the model reads it (its chat template when it
+is an instruct model in its native frame, else a plain transcript: prompts.render_conversation).
+Answers are greedy (model.generate without sampling, no scores kept); option probabilities come
+from one forward pass per sequence (readout.options), whose full-vocabulary logits live for that
+batch only.
+"""
+
+import numpy as np
+import torch
+
+from ..batching import PAD_ID, left_pad
+from ..injection.inputs import answer_start, conversation_ids, option_frame
+from ..injection.texts import AnswerSpec
+from ..prompts import TRANSCRIPT_LABELS, encode, uses_chat_template
+from ..readout.options import option_answers, option_log_probs
+from ..sampling import answer_end, eos_token_ids
+from .scoring import answer_property, parse_number, parse_report, predicted_property, report_distribution, words
+from .scoring import restricted_kl
+from .texts import Questions, Tasks, hypothetical
+
+TOP_K = 5
+
+
+def is_chat(record: dict) -> bool:
+    """Whether the model reads its chat template (instruct, native frame)."""
+    return uses_chat_template(record["variant"], record["frame"])
+
+
+def prompt_ids(tokenizer, message: str, chat: bool, path, prefill: str = "") -> list[int]:
+    """Token ids of a one-turn conversation up to the answer (and `prefill`, as it follows it)."""
+    return conversation_ids(tokenizer, [message], chat, [], prefill, path)[0]
+
+
+@torch.inference_mode()
+def _greedy_batch(model, sequences, max_new_tokens, eos):
+    """Greedy token ids per sequence of one left-padded batch, KV-cached, up to its first eos
+    (inclusive) or max_new_tokens; only the last position's logits are computed."""
+    from transformers import DynamicCache
+
+    ids, mask, positions = left_pad(sequences, PAD_ID, model.device)
+    eos_ids = torch.tensor(sorted(eos), device=model.device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                past_key_values=DynamicCache(config=model.config), logits_to_keep=1)
+    finished = torch.zeros(len(sequences), dtype=torch.bool, device=model.device)
+    tokens = []
+    for step in range(max_new_tokens):
+        token = torch.where(finished, PAD_ID, out.logits[:, -1].argmax(-1))
+        tokens.append(token)
+        finished |= torch.isin(token, eos_ids)
+        if bool(finished.all()) or step + 1 == max_new_tokens:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                    past_key_values=out.past_key_values, logits_to_keep=1)
+    return torch.stack(tokens, dim=1).tolist()
+
+
+def greedy_answers(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int,
+                   chat: bool) -> list[tuple[str, bool]]:
+    """(answer text, truncated) per sequence: greedy decoding, batched longest first, stopped at the
+    model's end of turn; a plain transcript's answer is cut where a line starts the next turn
+    ("User:"/"Assistant:"). `truncated`: the answer reached max_new_tokens unfinished."""
+    eos = eos_token_ids(model, tokenizer)
+    labels = () if chat else tuple(TRANSCRIPT_LABELS.values())
+    results = [None] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        for row, generated in zip(rows, _greedy_batch(model, [sequences[i] for i in rows], max_new_tokens, eos)):
+            ended = [k for k, token in enumerate(generated) if token in eos]
+            kept = generated[: ended[0]] if ended else generated
+            text = tokenizer.decode(kept, skip_special_tokens=True)
+            cut = answer_end(text, labels) if labels else None
+            results[row] = ((text[:cut] if cut is not None else text).strip(), not ended and cut is None)
+    return results
+
+
+def run_answer_shift(model, tokenizer, record: dict, questions: Questions, answer_pairs, batch_size: int) -> list[dict]:
+    """P(A) vs P(B) after the prefill, for every question under every answer pair (A stands for
+    yes): per record p_a (renormalised over the pair), both log-probabilities and the pair's mass."""
+    chat = is_chat(record)
+    records = []
+    for a, b in answer_pairs:
+        spec = AnswerSpec(questions.path, questions.prefill, questions.separator, (a, b))
+        frame = option_frame(tokenizer, spec, chat)
+        sequences = [prompt_ids(tokenizer, f"{q.text}\n\n{questions.instruction.format(a=a, b=b)}", chat,
+                                questions.path, frame.prefill) for q in questions.questions]
+        log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size,
+                                     "the questions' length")
+        probs, _, mass = option_answers(log_probs)
+        for q, p, lp, m in zip(questions.questions, probs, log_probs.numpy(), mass):
+            records.append({"item": q.id, "category": q.category, "group": q.group, "question": q.text,
+                            "pair": f"{a}/{b}", "option_a": a, "option_b": b, "p_a": float(p[0]),
+                            "log_p_a": float(lp[0]), "log_p_b": float(lp[1]), "option_mass": float(m)})
+    return records
+
+
+def _first_per_kind(items, n):
+    counts, kept = {}, []
+    for item in items:
+        counts[item.kind] = counts.get(item.kind, 0) + 1
+        if n is None or counts[item.kind] <= n:
+            kept.append(item)
+    return kept
+
+
+def run_self_prediction(model, tokenizer, record: dict, tasks: Tasks, n_items, max_new_tokens: int,
+                        batch_size: int) -> list[dict]:
+    """Binder-style: the greedy object-level answer of each task (the first `n_items` of each kind),
+    then per property of its kind the greedy answer to the hypothetical; `correct` compares the
+    prediction with the property of the actual answer (None when the answer lacks the property)."""
+    chat = is_chat(record)
+    items = _first_per_kind(tasks.self_prediction, n_items)
+    objects = greedy_answers(model, tokenizer, [prompt_ids(tokenizer, t.prompt, chat, tasks.path) for t in items],
+                             max_new_tokens, batch_size, chat)
+    asks = [(t, o, p) for t, o in zip(items, objects) for p in tasks.kind_properties[t.kind]]
+    sequences = [prompt_ids(tokenizer, hypothetical(tasks, t.prompt, tasks.property_questions[p]), chat, tasks.path)
+                 for t, _, p in asks]
+    answers = greedy_answers(model, tokenizer, sequences, max_new_tokens, batch_size, chat)
+    records = []
+    for (task, (text, truncated), prop), (answer, _) in zip(asks, answers):
+        actual, predicted = answer_property(text, prop), predicted_property(answer, prop)
+        records.append({"item": task.id, "kind": task.kind, "property": prop, "object_answer": text,
+                        "object_truncated": truncated, "actual": actual, "hypothetical_answer": answer,
+                        "predicted": predicted, "correct": None if actual is None else predicted == actual})
+    return records
+
+
+def answer_token(tokenizer, word: str, chat: bool) -> int:
+    """The first token of `word` as the first token of an answer (after a space in a transcript)."""
+    return encode(tokenizer, answer_start(word, chat))[0]
+
+
+@torch.inference_mode()
+def _next_token_probs(model, sequences, wanted, batch_size):
+    """Per sequence: the top-5 next-token (ids, probabilities) and the probability of each id of
+    wanted[i], from the exact softmax at T=1 (the vocabulary's logits live for one batch only)."""
+    out = [None] * len(sequences)
+    for start in range(0, len(sequences), batch_size):
+        rows = list(range(start, min(start + batch_size, len(sequences))))
+        ids, mask, positions = left_pad([sequences[i] for i in rows], PAD_ID, model.device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                       logits_to_keep=1).logits[:, -1].float()
+        probs = torch.softmax(logits, dim=-1)
+        top = probs.topk(TOP_K, dim=-1)
+        for k, row in enumerate(rows):
+            extra = torch.tensor(sorted(wanted[row]), dtype=torch.long, device=probs.device)
+            out[row] = ([int(i) for i in top.indices[k]], [float(p) for p in top.values[k]],
+                        dict(zip(extra.tolist(), probs[k, extra].double().tolist())))
+    return out
+
+
+def run_calibration(model, tokenizer, record: dict, tasks: Tasks, n_items, max_new_tokens: int,
+                    batch_size: int) -> list[dict]:
+    """The exact next-token distribution at the start of the answer to each prompt against the
+    model's verbal report of its top-5 (greedy answer to the hypothetical): restricted KL
+    (scoring.restricted_kl, on the first tokens of the reported words and the model's top-5),
+    top-5 overlap (of token ids, out of 5) and top-1 match."""
+    chat = is_chat(record)
+    items = list(tasks.calibration[:n_items])
+    reports = greedy_answers(model, tokenizer, [prompt_ids(tokenizer, hypothetical(tasks, i.prompt,
+                             tasks.calibration_report), chat, tasks.path) for i in items],
+                             max_new_tokens, batch_size, chat)
+    parsed = [parse_report(text) for text, _ in reports]
+    tokens = [[answer_token(tokenizer, w, chat) for w, _ in report] for report in parsed]
+    sequences = [prompt_ids(tokenizer, i.prompt, chat, tasks.path) for i in items]
+    exact = _next_token_probs(model, sequences, [set(t) for t in tokens], batch_size)
+    records = []
+    for item, (text, truncated), report, ids, (top_ids, top_probs, reported_probs) in zip(
+            items, reports, parsed, tokens, exact):
+        model_probs = dict(zip(top_ids, top_probs)) | reported_probs
+        stated = report_distribution([(token, p) for token, (_, p) in zip(ids, report)])
+        records.append({
+            "item": item.id, "report": text, "report_truncated": truncated, "reported_words": [w for w, _ in report],
+            "reported_percents": [p for _, p in report], "n_reported": len(report),
+            "top_tokens": [tokenizer.decode([i]) for i in top_ids], "top_probs": top_probs,
+            "kl": restricted_kl(model_probs, stated) if report else float("nan"),
+            "top5_overlap": len(set(ids) & set(top_ids)) / TOP_K,
+            "top1_match": bool(ids) and ids[0] == top_ids[0],
+            "reported_mass": float(sum(reported_probs.values())),
+        })
+    return records
+
+
+def run_length_prediction(model, tokenizer, record: dict, tasks: Tasks, n_items, max_new_tokens: int,
+                          batch_size: int) -> list[dict]:
+    """The greedy answer's length in words against the model's predicted length (absolute error;
+    None when it wrote no number) and its first word against the predicted first word."""
+    chat = is_chat(record)
+    items = list(tasks.length_prediction[:n_items])
+    actual = greedy_answers(model, tokenizer, [prompt_ids(tokenizer, i.prompt, chat, tasks.path) for i in items],
+                            max_new_tokens, batch_size, chat)
+    questions = [q for i in items for q in (hypothetical(tasks, i.prompt, tasks.length_question),
+                                            hypothetical(tasks, i.prompt, tasks.first_word_question))]
+    answers = greedy_answers(model, tokenizer, [prompt_ids(tokenizer, q, chat, tasks.path) for q in questions],
+                             max_new_tokens, batch_size, chat)
+    records = []
+    for k, (item, (text, truncated)) in enumerate(zip(items, actual)):
+        (length_answer, _), (first_answer, _) = answers[2 * k], answers[2 * k + 1]
+        n_words, predicted = len(words(text)), parse_number(length_answer)
+        first, guess = (words(text) or [None])[0], (words(first_answer) or [None])[0]
+        records.append({"item": item.id, "answer": text, "truncated": truncated, "actual_words": n_words,
+                        "length_answer": length_answer, "predicted_words": predicted,
+                        "abs_error": float(abs(predicted - n_words)) if predicted is not None else np.nan,
+                        "first_word": first, "first_word_answer": first_answer, "predicted_first_word": guess,
+                        "first_word_correct": first is not None and guess == first})
+    return records
