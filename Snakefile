@@ -22,6 +22,7 @@ include: "rules/entropy.smk"
 include: "rules/judge.smk"
 include: "rules/probes.smk"
 include: "rules/injection.smk"
+include: "rules/finetune.smk"
 include: "rules/report.smk"
 
 
