@@ -11,7 +11,11 @@ from llm_introspection.errors import InputError
 from llm_introspection.finetune.design import Variant, check_variant
 from llm_introspection.finetune.texts import load_detection_texts
 from llm_introspection.injection import texts as injection_texts
-from llm_introspection.models_check import adapter_path, check_lora_sources, check_models
+from llm_introspection.models_check import (
+    adapter_path,
+    check_lora_sources,
+    check_models,
+)
 from llm_introspection.prompts import load_prompt_set, select_prompt_ids
 from llm_introspection.records import base_instruct_pairs, condition
 from llm_introspection import registry
@@ -20,9 +24,11 @@ from llm_introspection.study.rubric import load_rubric
 
 EXPERIMENTS = registry.EXPERIMENTS
 
+
 def finetuned_pairs(config):
     """(model, variant) of every adapter the workflow trains: each model of finetune.models with
-    each variant, and the (base, variant) each LoRA source with an adapter {variant: V} names."""
+    each variant, and the (base, variant) each LoRA source with an adapter {variant: V} names.
+    """
     models, finetune = config["models"], config["finetune"]
     for name in finetune["models"]:
         if name not in models or models[name]["source"]["kind"] == "lora":

@@ -216,3 +216,12 @@ def test_a_lora_source_loads_merged_and_a_zero_adapter_changes_nothing(tokenizer
     (tmp_path / "trained" / "adapter_config.json").write_text("{}")
     with pytest.raises(InputError, match="changed since it was prepared"):
         load_model(manifest, "cpu", torch.float32)
+
+
+def test_an_unreadable_finetune_file_names_the_rule_that_rebuilds_it():
+    from llm_introspection.storage import producer
+
+    assert producer("/x/results/finetune/m/original/data/heldout.json") == (
+        "detection_data", "results/finetune/m/original/data/heldout.json")
+    assert producer("results/finetune/m/original/adapter/adapter_model.safetensors")[0] == "finetune"
+    assert producer("results/finetune/m/original/training.json")[0] == "finetune"
