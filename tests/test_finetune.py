@@ -109,7 +109,7 @@ def test_the_prefill_trailing_space_joins_the_answer_token(tokenizer_dir):
     assert texts.prefill == "The answer is "
     with pytest.raises(InputError, match="key 'answers.foo_bar': the options are not one token each"):
         options_frame(tokenizer, texts, "foo_bar", True)  # " Foo" is two tokens of SmolLM2's tokenizer
-    for answers in set(texts.answers) - {"foo_bar"}:
+    for answers in set(texts.answers) - {"foo_bar", "bar_foo"}:
         frame = options_frame(tokenizer, texts, answers, True)
         # the space goes with the option: " yes" is one token, no lone space token ends the prompt
         assert frame.prefill == "The answer is"
@@ -225,3 +225,19 @@ def test_an_unreadable_finetune_file_names_the_rule_that_rebuilds_it():
         "detection_data", "results/finetune/m/original/data/heldout.json")
     assert producer("results/finetune/m/original/adapter/adapter_model.safetensors")[0] == "finetune"
     assert producer("results/finetune/m/original/training.json")[0] == "finetune"
+
+
+def test_concept_variant_directions_are_unit_concept_vectors_split_into_two_pools(tiny):
+    from llm_introspection.finetune.data import concept_directions
+    from llm_introspection.injection.texts import load_concept_words
+
+    model, tokenizer = tiny
+    words = load_concept_words(REPO / "resources/concepts/concepts.yaml")
+    record = {"variant": "instruct", "frame": "native", "name": "tiny"}
+    pools = concept_directions(model, tokenizer, words, record, 2, {"train": 2, "heldout": 3}, 16)
+    (train_names, train), (heldout_names, heldout) = pools["train"], pools["heldout"]
+    assert train_names == list(words.concepts[:2]) and heldout_names == list(words.concepts[2:5])
+    assert train.shape == (2, 32) and heldout.shape == (3, 32)
+    assert np.allclose(np.linalg.norm(np.vstack([train, heldout]), axis=1), 1, atol=1e-5)
+    with pytest.raises(InputError, match="need 60 concepts"):
+        concept_directions(model, tokenizer, words, record, 2, {"train": 30, "heldout": 30}, 16)

@@ -16,12 +16,12 @@ from ..errors import InputError
 from ..injection.concepts import concept_prompt_ids, mean_subtraction_vectors
 from ..injection.texts import AnswerSpec
 from ..prompts import encode, render_conversation, render_turns, tokenizer_name
-from ..readout.options import answer_frame
+from ..readout.options import AnswerFrame, answer_frame
 from ..tracing import capture_residual
-from .design import DIRECTION_POOL, assign_labels, check_balance, plan_split
+from .design import DIRECTION_POOL, Variant, assign_labels, check_balance, plan_split
 
 
-def options_frame(tokenizer, texts, answers: str, chat: bool):
+def options_frame(tokenizer, texts, answers: str, chat: bool) -> AnswerFrame:
     """readout.AnswerFrame of the answer pair `answers` after the texts' prefill: the prefill as
     the model reads it and the option ids. The prefill's trailing whitespace is the separator."""
     head = texts.prefill.rstrip()
@@ -58,7 +58,7 @@ def random_directions(n: int, width: int, seed: int) -> np.ndarray:
     return (draws / np.linalg.norm(draws, axis=1, keepdims=True)).astype(np.float32)
 
 
-def concept_directions(model, tokenizer, words, record, index: int, counts: dict, batch_size: int):
+def concept_directions(model, tokenizer, words, record: dict, index: int, counts: dict, batch_size: int) -> dict:
     """Concept vectors (mean subtraction, injection.concepts) at hidden-state `index`, normalised:
     pool name -> (names, (n, d) float32); the train pool takes the first concepts of the file, the
     held-out pool the next ones."""
@@ -93,7 +93,7 @@ def mean_residual_norms(model, indices, prompts, batch_size: int) -> dict:
     return {index: total / count for index, total in totals.items()}
 
 
-def build_splits(variant, sizes: dict, pools: dict, magnitudes, ranges: dict, norms: dict, turn1_ids: list,
+def build_splits(variant: Variant, sizes: dict, pools: dict, magnitudes, ranges: dict, norms: dict, turn1_ids: list,
                  tolerance: float, seed: int) -> dict:
     """split -> its examples (dicts): design (steered or not, direction, magnitude, layer range,
     context), what is applied (steered: False for every example of a variant without steering;

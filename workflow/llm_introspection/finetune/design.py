@@ -87,7 +87,7 @@ def plan_split(n: int, n_directions: int, magnitudes, ranges, rng: np.random.Gen
     return [rows[i] for i in rng.permutation(n)]
 
 
-def assign_labels(design_steered, variant: Variant, rng: np.random.Generator):
+def assign_labels(design_steered, variant: Variant, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(labels, corrupted): option index per example (0 = A, the answer to 'steered' under truthful
     labels) and whether the variant corrupted it. Random labels: a share `corrupt` of the labels is
     replaced by a fair coin, i.e. round(corrupt * k / 2) of each class (k examples) are flipped, so

@@ -28,7 +28,8 @@ DESCRIPTION = (
     "prefill) read from that key/value cache with the hooks removed; the answer is the next token, option "
     "`label` of `option_ids` (0 = A). design_steered is the example's cell (no-steering variants apply "
     "nothing); magnitude = strength / the layer's mean residual norm; corrupted = the variant changed the "
-    "label; base_log_probs = the unfinetuned model's option log-probabilities (full softmax).")
+    "label; base_log_probs (held-out split only) = the unfinetuned model's option log-probabilities (full "
+    "softmax).")
 
 
 def read_directions(path) -> dict:
@@ -37,11 +38,11 @@ def read_directions(path) -> dict:
         return {name: h5[name][()] for name in ("train", "heldout")}
 
 
-def run_detection_data(manifest_path, texts_path, concepts_path, variant_name, variant_entry, settings, runtime,
-                       threads, outputs):
+def run_detection_data(manifest_path, texts_path, concepts_path, variant_name: str, variant_entry: dict,
+                       settings: dict, runtime: dict, threads: int, outputs: dict) -> None:
     """detection_data: the examples of every split (outputs train, validation, heldout: JSON) and
     the directions (outputs directions: HDF5) of one (model, variant); fails when a split's labels
-    are off balance. The unfinetuned model's answers are recorded with every example."""
+    are off balance. The unfinetuned model's answers are recorded with every held-out example."""
     model, manifest, record, _ = open_model(manifest_path, runtime, threads)
     tokenizer = load_tokenizer(manifest)
     texts = load_detection_texts(texts_path)
@@ -80,10 +81,13 @@ def run_detection_data(manifest_path, texts_path, concepts_path, variant_name, v
         "direction_kind": "concepts" if variant.steering == "concepts" else "random",
         "versions": versions(), "description": DESCRIPTION,
     }
+    # The unfinetuned model's answers on the held-out examples (its validation answers are epoch 0 of
+    # the finetune rule's validation.csv; the train split's would cost a pass each and serve nothing).
+    log_probs = read_answers(model, splits["heldout"], question_ids, directions, frame.option_ids,
+                             settings["batch_size"])
+    for example, row in zip(splits["heldout"], log_probs):
+        example["base_log_probs"] = row.tolist()
     for split, examples in splits.items():
-        log_probs = read_answers(model, examples, question_ids, directions, frame.option_ids, settings["batch_size"])
-        for example, row in zip(examples, log_probs):
-            example["base_log_probs"] = row.tolist()
         share = check_balance([e["label"] for e in examples], variant.expected_share, settings["label_tolerance"],
                               f"variant {variant.name}, split {split}")
         write_json(outputs[split], header | {"split": split, "share_option_a": share, "examples": examples})
@@ -115,7 +119,8 @@ def save_adapter(peft_model, name: str, adapter_dir) -> None:
             os.replace(Path(tmp) / file, adapter_dir / file)
 
 
-def run_finetune(manifest_path, data_paths, directions_path, outputs, settings, runtime, threads):
+def run_finetune(manifest_path, data_paths: dict, directions_path, outputs: dict, settings: dict, runtime: dict,
+                 threads: int) -> None:
     """finetune: train a LoRA adapter on the train split, validate on the validation split every
     epoch, keep the checkpoint the criterion picks; write the adapter (outputs adapter_dir), the
     loss curve (losses: CSV), validation per epoch (validation: CSV) and the provenance (JSON)."""

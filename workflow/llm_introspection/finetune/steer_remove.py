@@ -31,7 +31,7 @@ def _layer_deltas(examples, directions: dict, width: int) -> dict:
     return deltas
 
 
-def steered_cache(model, examples, directions: dict):
+def steered_cache(model, examples: list, directions: dict) -> tuple:
     """The key/value cache of the examples' first turns (left-padded, one batch), each read with
     its directions added at its layers; and the first turn's attention mask. No gradient; every
     steering hook is removed before this returns, whatever happens."""
