@@ -23,6 +23,7 @@ include: "rules/judge.smk"
 include: "rules/probes.smk"
 include: "rules/injection.smk"
 include: "rules/selfknowledge.smk"
+include: "rules/finetune.smk"
 include: "rules/report.smk"
 
 

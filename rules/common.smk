@@ -8,8 +8,14 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from llm_introspection.config import validate
 from llm_introspection.errors import InputError
+from llm_introspection.finetune.design import Variant, check_variant
+from llm_introspection.finetune.texts import load_detection_texts
 from llm_introspection.injection import texts as injection_texts
-from llm_introspection.models_check import check_models
+from llm_introspection.models_check import (
+    adapter_path,
+    check_lora_sources,
+    check_models,
+)
 from llm_introspection.prompts import load_prompt_set, select_prompt_ids
 from llm_introspection.records import base_instruct_pairs, condition
 from llm_introspection.selfknowledge import design as selfknowledge_design
@@ -20,12 +26,33 @@ from llm_introspection.study.rubric import load_rubric
 
 EXPERIMENTS = registry.EXPERIMENTS
 
+
+def finetuned_pairs(config):
+    """(model, variant) of every adapter the workflow trains: each model of finetune.models with
+    each variant, and the (base, variant) each LoRA source with an adapter {variant: V} names.
+    """
+    models, finetune = config["models"], config["finetune"]
+    for name in finetune["models"]:
+        if name not in models or models[name]["source"]["kind"] == "lora":
+            raise InputError(
+                f"config key 'finetune.models': {name!r} is not one of the models that are not "
+                f"LoRA sources ({', '.join(m for m in models if models[m]['source']['kind'] != 'lora')})"
+            )
+    pairs = [(m, v) for m in finetune["models"] for v in finetune["variants"]]
+    for spec in models.values():
+        source = spec["source"]
+        if source["kind"] == "lora" and isinstance(source["adapter"], dict):
+            pairs.append((source["base"], source["adapter"]["variant"]))
+    return sorted(set(pairs))
+
+
 # Everything a run reads is validated here, before any job: the config, the prompts, every
 # configured resource file (each loader checks its file against its own schema) and the models'
 # sources (there, and custom code only where trusted; no weights are loaded).
 try:
     validate(config, "config", "the config")
     check_models(config["models"])
+    check_lora_sources(config["models"], config["finetune"]["variants"])
     PROMPTS = load_prompt_set(config["prompts"]["dir"])
     PROMPT_IDS = select_prompt_ids(config["prompts"], PROMPTS)
     load_lexicon(config["coding"]["lexicon"])
@@ -37,6 +64,18 @@ try:
     if config["selfknowledge"]["models"]:
         load_questions(config["selfknowledge"]["resources"]["questions"])
         load_tasks(config["selfknowledge"]["resources"]["tasks"])
+    FINETUNED = finetuned_pairs(config)
+    if FINETUNED:
+        detection_texts = load_detection_texts(
+            config["finetune"]["resources"]["detection"]
+        )
+        for name, entry in config["finetune"]["variants"].items():
+            variant = Variant.from_config(name, entry)
+            check_variant(variant, detection_texts.questions, detection_texts.answers)
+            if variant.steering == "concepts":
+                injection_texts.load_concept_words(
+                    config["injection"]["resources"]["concepts"]
+                )
 except InputError as error:
     raise WorkflowError(str(error)) from None
 
@@ -117,8 +156,14 @@ def shared_frame_twins(models):
 # Base/instruct pairs (same family and size, native frame): the identical-text condition traces each
 # model on its partner's generations, and the base model once more with weight noise the size of
 # the pair's difference (rules trace_cross, trace_noise).
+# LoRA variants are no partners: a finetuned instruct model beside its base would make three models of
+# one family and size.
 PAIRS = base_instruct_pairs(
-    {name: spec for name, spec in MODELS.items() if condition(spec) == "native"}
+    {
+        name: spec
+        for name, spec in MODELS.items()
+        if condition(spec) == "native" and spec["source"]["kind"] != "lora"
+    }
 )
 PARTNER = {a: b for pair in PAIRS for a, b in (pair, pair[::-1])}
 PAIR_BASES = [base for base, _ in PAIRS]
@@ -224,6 +269,61 @@ def get_twin_source_manifest(wildcards):
     """A twin's original's manifest (its weights are shared), else nothing."""
     original = TWIN_OF.get(wildcards.model)
     return [f"results/models/{original}/manifest.json"] if original else []
+
+
+def get_lora_inputs(wildcards):
+    """A LoRA source's base manifest and adapter files (a shared-frame twin: none, it copies its
+    original's manifest)."""
+    source = MODELS[wildcards.model]["source"]
+    if source["kind"] != "lora" or wildcards.model in TWIN_OF:
+        return {}
+    adapter = adapter_path(source)
+    return {
+        "base": f"results/models/{source['base']}/manifest.json",
+        "adapter_config": f"{adapter}/adapter_config.json",
+        "adapter_weights": f"{adapter}/adapter_model.safetensors",
+    }
+
+
+FINETUNE = config["finetune"]
+FINETUNE_BASES = sorted({m for m, _ in FINETUNED})
+FINETUNE_VARIANTS = sorted({v for _, v in FINETUNED})
+# The keys each finetuning job reads.
+DETECTION_DATA_SETTINGS = (
+    "n_examples",
+    "n_directions",
+    "direction_seeds",
+    "magnitudes",
+    "layer_ranges",
+    "single_layer",
+    "label_tolerance",
+    "seed",
+    "batch_size",
+)
+FINETUNE_SETTINGS = ("epochs", "batch_size", "learning_rate", "lora", "keep", "seed")
+
+
+def get_detection_inputs(wildcards):
+    """The base model's manifest, the detection texts and, for a concept variant, the concept file."""
+    inputs = {
+        "manifest": f"results/models/{wildcards.model}/manifest.json",
+        "texts": FINETUNE["resources"]["detection"],
+    }
+    if FINETUNE["variants"][wildcards.variant]["steering"] == "concepts":
+        inputs["concepts"] = INJECTION["resources"]["concepts"]
+    return inputs
+
+
+def get_variant_entry(wildcards):
+    return canonical(FINETUNE["variants"][wildcards.variant])
+
+
+def finetune_outputs():
+    """The provenance file of every adapter the workflow trains."""
+    return [
+        f"results/finetune/{model}/{variant}/training.json"
+        for model, variant in FINETUNED
+    ]
 
 
 def names_pattern(names):
@@ -449,4 +549,5 @@ def get_study_outputs():
             if SELFKNOWLEDGE_MODELS
             else []
         )
+        + finetune_outputs()
     )

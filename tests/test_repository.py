@@ -86,6 +86,7 @@ def test_rule_script_and_job_function_share_one_name():
 
 def test_parse_time_and_analysis_modules_do_not_import_torch():
     modules = ["registry", "config", "prompts", "injection.texts", "injection.statistics", "study.rubric",
+               "finetune", "finetune.design", "finetune.texts", "models_check",
                "study.analysis", "report.markdown", "report.figures", "memory", "progress", "plan", "activations"]
     code = "import sys\n" + "".join(f"import llm_introspection.{m}\n" for m in modules) + "print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -19,7 +19,7 @@ from .memory import (
     BatchRecord, generate_bytes_per_sequence, gigabytes, plan_record, scaled_rate, shape_from_config,
     trace_bytes_per_sequence,
 )
-from .models import load_model, load_tokenizer, prepare_model, resolve_device, resolve_dtype
+from .models import load_model, load_tokenizer, prepare_lora, prepare_model, resolve_device, resolve_dtype
 from .progress import Progress, compare_with_plan
 from .prompts import TEMPLATE_DATE, answer_end_labels, load_prompt, render_prompt, uses_chat_template
 from .records import completion_rows, weight_noise_name
@@ -112,6 +112,7 @@ def open_model(manifest_path, runtime, threads):
         dtype=str(dtype).removeprefix("torch."), device=device,
         trust_remote_code=manifest["trust_remote_code"],
     )
+    record.update({key: manifest[key] for key in ("base", "adapter") if key in manifest})  # LoRA variants
     return model, manifest, record, load_s
 
 
@@ -296,11 +297,15 @@ def run_judge(manifest_path, generation_paths, prompt_paths, rubric_path, output
     write_csv(output_path, table)
 
 
-def run_prepare_model(name, spec, manifest_path, shared_manifest_paths=()):
+def run_prepare_model(name, spec, manifest_path, shared_manifest_paths=(), base_manifest_path=None,
+                      adapter_dir=None):
     """prepare_model: build or locate the weights and write the manifest; a twin of the
-    shared-frame condition (one `shared_manifest_paths`) reuses its original's weights."""
+    shared-frame condition (one `shared_manifest_paths`) reuses its original's weights; a LoRA
+    variant (`base_manifest_path`, `adapter_dir`) its base model's, with the adapter's hash."""
     started = time.perf_counter()
-    if shared_manifest_paths:
+    if base_manifest_path is not None:
+        manifest = prepare_lora(name, spec, read_json(base_manifest_path), adapter_dir)
+    elif shared_manifest_paths:
         (shared,) = shared_manifest_paths
         original = read_json(shared)
         manifest = original | {"name": name, "frame": spec["frame"], "twin_of": original["name"]}

@@ -1,7 +1,8 @@
 """One loader for every model source: prepare once (convert, download, build), then load fast.
 
 `prepare_model` turns a config entry into a manifest and, for GGUF and tiny random sources,
-a safetensors directory; `load_model` loads any manifest onto a device in a dtype.
+a safetensors directory; `prepare_lora` makes a LoRA variant's manifest from its base model's;
+`load_model` loads any manifest onto a device in a dtype (a LoRA adapter merged in).
 """
 
 import hashlib
@@ -163,6 +164,53 @@ def prepare_model(name, spec, out_dir):
     return manifest
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def adapter_sha256(adapter_dir) -> str:
+    """sha256 of a LoRA adapter directory's config and weights (ADAPTER_FILES, in order)."""
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        path = Path(adapter_dir) / name
+        if not path.is_file():
+            raise InputError(f"LoRA adapter {adapter_dir} has no {name}")
+        digest.update(name.encode())
+        digest.update(_file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def prepare_lora(name: str, spec: dict, base: dict, adapter_dir) -> dict:
+    """The manifest of a `lora` source: its base model's manifest (`base`, whose weights it loads
+    and whose trust_remote_code applies) plus the adapter (path as given, sha256, LoRA settings).
+    The revision names both: '<base revision>+lora-sha256:<adapter hash>'."""
+    digest = adapter_sha256(adapter_dir)
+    settings = read_json(Path(adapter_dir) / "adapter_config.json")
+    manifest = {key: base[key] for key in ("load_path", "model_type", "n_layers", "hidden_size", "trust_remote_code")}
+    manifest.update({key: spec[key] for key in ("family", "size_b", "variant", "frame")})
+    manifest.update(
+        name=name, source=spec["source"], prepared_with=versions(),
+        revision=f"{base['revision']}+lora-sha256:{digest}",
+        base={key: base[key] for key in ("name", "source", "revision")},
+        adapter={"path": str(adapter_dir), "sha256": digest,
+                 "settings": {key: settings.get(key) for key in ("peft_type", "r", "lora_alpha", "lora_dropout",
+                                                                 "target_modules")}},
+    )
+    return manifest
+
+
+def _apply_adapter(manifest, model):
+    """The base model with the manifest's LoRA adapter merged into its weights (plain transformers
+    modules afterwards, so hooks see the usual layers); InputError if the adapter changed since
+    prepare_model hashed it."""
+    from peft import PeftModel
+
+    adapter = manifest["adapter"]
+    if adapter_sha256(adapter["path"]) != adapter["sha256"]:
+        raise InputError(f"model {manifest['name']}: LoRA adapter {adapter['path']} changed since it was prepared: "
+                         f"rebuild with `snakemake --forcerun results/models/{manifest['name']}/manifest.json`")
+    return PeftModel.from_pretrained(model, adapter["path"], is_trainable=False).merge_and_unload()
+
+
 def _read_config(load_path):
     config = read_json(Path(load_path) / "config.json")
     return config if "num_hidden_layers" in config else config.get("text_config", config)
@@ -187,6 +235,8 @@ def load_model(manifest, device, dtype):
     model = _loading(manifest, "weights", lambda: AutoModelForCausalLM.from_pretrained(
         manifest["load_path"], dtype=dtype, device_map=device_map, trust_remote_code=manifest["trust_remote_code"]
     ))
+    if manifest.get("adapter"):
+        model = _loading(manifest, "LoRA adapter", lambda: _apply_adapter(manifest, model))
     return model.eval()
 
 

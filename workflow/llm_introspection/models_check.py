@@ -88,3 +88,39 @@ def check_models(models: Mapping[str, Mapping[str, Any]]) -> None:
                 f"model {name} needs custom code from {repository}: set "
                 f"`models.{name}.trust_remote_code: true` if you trust it"
             )
+
+
+def workflow_adapter(base: str, variant: str) -> str:
+    """The adapter directory the finetune rule writes for variant `variant` of model `base`."""
+    return f"results/finetune/{base}/{variant}/adapter"
+
+
+def adapter_path(source: dict) -> str:
+    """Where a `lora` source's adapter is: its path, or the finetune rule's output for {variant: V}."""
+    adapter = source["adapter"]
+    return workflow_adapter(source["base"], adapter["variant"]) if isinstance(adapter, dict) else adapter
+
+
+def check_lora_sources(models: dict, variants: dict) -> None:
+    """Raise InputError, naming the model and key, for a `lora` source whose base is not a model of
+    the config (or is a LoRA source itself), whose adapter variant is not a key of
+    finetune.variants, or whose adapter directory lacks the peft files."""
+    for name, spec in models.items():
+        source = spec["source"]
+        if source["kind"] != "lora":
+            continue
+        key = f"model {name}: config key 'models.{name}.source"
+        base = source["base"]
+        if base not in models:
+            raise InputError(f"{key}.base': {base!r} is not one of the models ({', '.join(models)})")
+        if models[base]["source"]["kind"] == "lora":
+            raise InputError(f"{key}.base': {base!r} is a LoRA source itself; the base must be a full model")
+        adapter = source["adapter"]
+        if isinstance(adapter, dict):
+            if adapter["variant"] not in variants:
+                raise InputError(f"{key}.adapter.variant': {adapter['variant']!r} is not one of finetune.variants "
+                                 f"({', '.join(variants) or 'none'})")
+            continue
+        for file in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (Path(adapter) / file).is_file():
+                raise InputError(f"{key}.adapter': {adapter} has no {file} (not a peft adapter directory)")

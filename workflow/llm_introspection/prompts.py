@@ -124,6 +124,17 @@ def render_conversation(tokenizer, messages: list[str], chat: bool) -> str:
     return chat_text(tokenizer, [{"role": r, "content": t} for r, t in zip(roles, messages)])
 
 
+def render_turns(tokenizer, messages: list[str], chat: bool) -> str:
+    """The text of complete turns (user and assistant messages alternating, the user's first),
+    without the start of a next answer: the prefix that render_conversation of these turns and a
+    further user message starts with (the steered first turn of the detection data)."""
+    roles = [("user", "assistant")[i % 2] for i in range(len(messages))]
+    if not chat:
+        return "\n\n".join(f"{TRANSCRIPT_LABELS[role]} {text}" for role, text in zip(roles, messages))
+    return tokenizer.apply_chat_template([{"role": r, "content": t} for r, t in zip(roles, messages)],
+                                         tokenize=False, add_generation_prompt=False, date_string=TEMPLATE_DATE)
+
+
 def encode(tokenizer, text: str) -> list[int]:
     """Token ids of `text`, without the tokenizer's special tokens."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

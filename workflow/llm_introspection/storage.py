@@ -21,7 +21,7 @@ from . import __version__
 from .errors import InputError
 
 _PACKAGES = (
-    "torch", "transformers", "accelerate", "numpy", "h5py", "gguf", "safetensors", "scipy", "pandas",
+    "torch", "transformers", "peft", "accelerate", "numpy", "h5py", "gguf", "safetensors", "scipy", "pandas",
     "statsmodels", "pingouin", "scikit-learn", "umap-learn", "matplotlib", "seaborn",
 )
 
@@ -46,6 +46,7 @@ _PRODUCERS = (
     ("results/probing/probes.csv", "probes"),
     ("results/probing/embeddings.csv", "embeddings"),
     ("results/statistics/injection_", "injection_statistics"),
+    ("results/finetune/", "finetune"),  # a variant's data/ folder: detection_data (see producer)
 )
 
 
@@ -60,6 +61,8 @@ def producer(path: Path | str) -> tuple[str, str] | None:
         if target.startswith(prefix):
             if rule == "prepare_model":
                 target = "/".join(target.split("/")[:3]) + "/manifest.json"
+            if rule == "finetune" and target.split("/")[4:5] == ["data"]:
+                rule = "detection_data"
             return rule, target
     return None
 
