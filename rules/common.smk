@@ -142,7 +142,11 @@ def shared_frame_twins(models):
     """The shared-frame condition's twins: name -> (original name, entry with frame 'base')."""
     twins = {}
     for name, spec in models.items():
-        if spec["variant"] == "instruct" and spec["frame"] == "native":
+        if (
+            spec["variant"] == "instruct"
+            and spec["frame"] == "native"
+            and spec["source"]["kind"] != "lora"
+        ):
             twin = name + SHARED_FRAME_SUFFIX
             if twin in models:
                 raise WorkflowError(

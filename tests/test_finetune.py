@@ -241,3 +241,21 @@ def test_concept_variant_directions_are_unit_concept_vectors_split_into_two_pool
     assert np.allclose(np.linalg.norm(np.vstack([train, heldout]), axis=1), 1, atol=1e-5)
     with pytest.raises(InputError, match="need 60 concepts"):
         concept_directions(model, tokenizer, words, record, 2, {"train": 30, "heldout": 30}, 16)
+
+
+def test_lora_variants_are_their_own_condition_never_pooled_with_base_and_instruct():
+    """A LoRA variant (recorded as variant instruct) would otherwise join the core study's instruct
+    group and break its family's base/instruct pair."""
+    import pandas as pd
+
+    from llm_introspection.records import base_instruct_pairs, condition, condition_tables
+
+    base = {"family": "f", "size_b": 1.0, "variant": "base", "frame": "base", "source": {"kind": "local"}}
+    instruct = base | {"variant": "instruct", "frame": "native"}
+    lora = instruct | {"source": {"kind": "lora", "base": "i"}}
+    models = {"b": base, "i": instruct, "i-ft": lora}
+    assert [condition(m) for m in models.values()] == ["native", "native", "finetuned"]
+    table = pd.DataFrame([{"model": n, "variant": m["variant"], "condition": condition(m)} for n, m in models.items()])
+    assert list(condition_tables(table)["native"]["model"]) == ["b", "i"]
+    native = {n: m for n, m in models.items() if condition(m) == "native"}
+    assert base_instruct_pairs(native) == [("b", "i")] and base_instruct_pairs(models) == []

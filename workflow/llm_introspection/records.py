@@ -13,8 +13,12 @@ if TYPE_CHECKING:
 
 
 def condition(model: Mapping[str, Any]) -> str:
-    """The model's input condition: 'shared_frame' for an instruct model given the base
-    continuation frame, else 'native' (a base model's native frame is the base frame)."""
+    """The model's input condition: 'finetuned' for a LoRA variant (source kind lora: never pooled
+    with the base and instruct models of the core comparisons), 'shared_frame' for an instruct
+    model given the base continuation frame, else 'native' (a base model's native frame is the
+    base frame)."""
+    if model.get("source", {}).get("kind") == "lora":
+        return "finetuned"
     return "shared_frame" if model["variant"] == "instruct" and model["frame"] == "base" else "native"
 
 

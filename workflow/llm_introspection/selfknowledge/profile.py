@@ -46,7 +46,8 @@ def core_measures(coding: pd.DataFrame, entropy: pd.DataFrame, probes: pd.DataFr
     (mean over prompt types) and the self-reference-content and prompt-type probes' balanced
     accuracy minus the shuffled-label control (mean over layers)."""
     native = coding[coding["condition"] == "native"]
-    own = native[native["prompt_type"] == "self_reference"].groupby("model")["self_reference"].mean()
+    own_frame = coding[coding["condition"].isin(["native", "finetuned"])]  # each model in its own frame
+    own = own_frame[own_frame["prompt_type"] == "self_reference"].groupby("model")["self_reference"].mean()
     table = pd.DataFrame({"self_reference_keyword": own})
     designs = native.drop_duplicates("model").set_index("model")[["family", "size_b", "variant"]]
     table["instruct_gap_self_reference"] = np.nan
