@@ -56,22 +56,35 @@ def test_every_cell_and_table_is_written(injection_study):
         assert f"(figures/{name}.png)" in report
 
 
-def test_extending_the_sweep_adds_cells_and_reruns_none(injection_study, tmp_path):
-    """A second model, strength and layer, planned in a copy (a dry run)."""
+def planned_outputs(result):
+    """rule -> the output files of its planned jobs, from a dry run's job blocks."""
+    outputs = {}
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", result.stdout, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        found = re.search(r"^    output: (.*)$", block, flags=re.M)
+        outputs.setdefault(rule, []).extend(found.group(1).split(", ") if found else [])
+    return outputs
+
+
+def test_extending_the_sweep_plans_one_model_load_per_experiment_and_model(injection_study, tmp_path):
+    """A second model, strength and layer, planned in a copy (a dry run): one concept_vectors job per
+    model, one inject_<experiment> job per (experiment, model), one grade_injection job per model;
+    the finished cells stay (their job computes only the new ones: tests/test_params.py)."""
     study = copy_study(injection_study, tmp_path)
     write_study(study, merged(TINY_STUDY, INJECTION), injection={
         "models": ["tiny-instruct", "tiny-base"], "strengths": [4, 8], "layer_fractions": [0.5, 1.0],
         "localization_layer_fractions": [0.5, 1.0]})
-    jobs = [(rule, w) for rule, w in planned(snakemake(study, "--dry-run"))
-            if rule in ("concept_vectors", "inject", "grade_injection")]
-    assert [w for _, w in jobs if "model=tiny-instruct, layer=0.5, strength=4" in w] == []
-    assert ("concept_vectors", "model=tiny-instruct, layer=0.5") not in jobs
-    assert ("inject", "experiment=localization, model=tiny-instruct, layer=0.5, strength=8") in jobs
-    # tiny-instruct: the new layer's vectors; 6 strength-dependent experiments x (1 new strength at layer 0.5
-    # + 2 at layer 1) and intentional control once at layer 1; grading of each new detection_responses cell.
-    # tiny-base: vectors at both layers, 6 x 4 cells and intentional control at both layers, 4 gradings
-    counts = {"concept_vectors": 1 + 2, "inject": 6 * 3 + 1 + 6 * 4 + 2, "grade_injection": 3 + 4}
-    assert {rule: len([1 for r, _ in jobs if r == rule]) for rule in counts} == counts
+    result = snakemake(study, "--dry-run")
+    jobs = [(rule, w) for rule, w in planned(result)
+            if rule in ("concept_vectors", "grade_injection") or rule.startswith("inject_")]
+    models = ["model=tiny-base", "model=tiny-instruct"]
+    assert sorted(jobs) == sorted([("concept_vectors", m) for m in models] + [("grade_injection", m) for m in models]
+                                  + [(f"inject_{e}", m) for e in EXPERIMENTS for m in models])
+    outputs = planned_outputs(result)
+    assert "results/injection/localization/tiny-instruct/layer1_strength8.json" in outputs["inject_localization"]
+    assert "results/injection/vectors/tiny-instruct/layer1.h5" in outputs["concept_vectors"]
+    # 2 layers x 2 strengths per model; intentional control at strength 0 only
+    assert len(outputs["inject_localization"]) == 2 * 4 and len(outputs["inject_intentional_control"]) == 2 * 2
 
 
 def test_contrastive_vectors_with_word_experiments_fail_naming_the_key(tmp_path):
@@ -86,9 +99,12 @@ def test_localization_runs_its_own_layer_sweep(tokenizer_dir, tmp_path):
     write_study(tmp_path, merged(TINY_STUDY, INJECTION), tokenizer_dir, injection={
         "experiments": ["detection_logits", "localization"], "strengths": [1],
         "localization_layer_fractions": [0.25, 0.5]})
-    jobs = planned(snakemake(tmp_path, "--dry-run"))
-    cells = sorted(w for rule, w in jobs if rule == "inject")
-    assert cells == [f"experiment={e}, model=tiny-instruct, layer={layer}, strength=1" for e, layer in
-                     (("detection_logits", "0.5"), ("localization", "0.25"), ("localization", "0.5"))]
-    assert sorted(w for rule, w in jobs if rule == "concept_vectors") == [
-        "model=tiny-instruct, layer=0.25", "model=tiny-instruct, layer=0.5"]
+    result = snakemake(tmp_path, "--dry-run")
+    outputs = planned_outputs(result)
+    assert sorted(outputs["inject_detection_logits"]) == [
+        "results/injection/detection_logits/tiny-instruct/layer0.5_strength1.json"]
+    assert sorted(outputs["inject_localization"]) == [
+        f"results/injection/localization/tiny-instruct/layer{layer}_strength1.json" for layer in ("0.25", "0.5")]
+    assert sorted(outputs["concept_vectors"]) == [
+        f"results/injection/vectors/tiny-instruct/layer{layer}.h5" for layer in ("0.25", "0.5")]
+    assert [rule for rule, _ in planned(result) if rule == "concept_vectors"] == ["concept_vectors"]
