@@ -32,7 +32,7 @@ _PRODUCERS = (
     ("results/judge/", "judge"),
     ("results/injection/vectors/", "concept_vectors"),
     ("results/injection/detection_graded/", "grade_injection"),
-    ("results/injection/", "inject"),
+    ("results/injection/", "inject_{experiment}"),  # one rule per experiment: results/injection/<experiment>/
     ("results/statistics/content_statistics.csv", "content_statistics"),
     ("results/statistics/mixed_effects.json", "content_statistics"),
     ("results/statistics/scaling_statistics.json", "content_statistics"),
@@ -56,6 +56,8 @@ def producer(path) -> tuple[str, str] | None:
         if target.startswith(prefix):
             if rule == "prepare_model":
                 target = "/".join(target.split("/")[:3]) + "/manifest.json"
+            if "{experiment}" in rule:
+                rule = rule.format(experiment=target.split("/")[2])
             return rule, target
     return None
 

@@ -5,29 +5,37 @@ The rules declare every cell file as an output flagged update(): Snakemake then 
 cells in place when the job reruns (a new strength or layer, a changed key), and the job skips each
 cell whose stored fingerprint equals the one it would write. A fingerprint covers everything a cell
 is computed from: the job's settings and runtime, the content of its input files (manifest, vector
-or response file, resource files) and the package's source. A finished cell is also hard-linked
-under '.finished/' beside it: Snakemake removes the outputs of a failed job, and the next run
-takes back the finished cells whose fingerprint still matches; a successful job removes its links.
+or response file, resource files) and the package's source. A finished cell is also copied under
+'.finished/' beside it: Snakemake removes the outputs of a failed job, and the next run takes
+back the finished cells whose fingerprint still matches; a successful job removes its copies.
 """
 
 import hashlib
 import json
 import os
+import shutil
 from functools import cache
 from pathlib import Path
 
-from ..storage import read_json
+from ..storage import atomic_path, read_json
 
 PACKAGE = Path(__file__).resolve().parents[1]
 FINISHED = ".finished"
+# Sources that never run in a sweep job: the study's analyses (but the rubric loader and the coding
+# dimensions it reads), the report, the injection statistics.
+NOT_IN_CELLS = ("study/", "report/", "injection/statistics.py")
+IN_CELLS = ("study/rubric.py", "study/coding.py", "study/__init__.py")
 
 
 @cache
 def source_digest() -> str:
-    """sha256 over the package's Python sources (relative path and bytes): code that could change
-    a cell's records."""
+    """sha256 over the package's Python sources (relative path and bytes) that a sweep job can run:
+    code that could change a cell's records (all but NOT_IN_CELLS)."""
     digest = hashlib.sha256()
     for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        if name.startswith(NOT_IN_CELLS) and name not in IN_CELLS:
+            continue
         digest.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -72,11 +80,13 @@ def is_current(path, expected: str) -> bool:
 
 
 def keep_finished(path) -> None:
-    """Hard-link a just-written cell under '.finished/', so that a failure of the job loses it not."""
+    """Copy a just-written cell under '.finished/' (atomically), so that a failure of the job loses
+    it not. A copy, not a link: Snakemake restores a failed job's updated outputs by writing the
+    backup into the file, which would reach a link's content too."""
     kept = finished_path(path)
     kept.parent.mkdir(exist_ok=True)
-    kept.unlink(missing_ok=True)
-    os.link(path, kept)
+    with atomic_path(kept) as tmp:
+        shutil.copyfile(path, tmp)
 
 
 def release_finished(paths) -> None:
