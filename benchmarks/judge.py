@@ -62,8 +62,10 @@ def main():
 
     with torch.inference_mode():
         run(True)  # warm-up
-        old = [timed(lambda: run(False)) for _ in range(args.repeats)]
-        new = [timed(lambda: run(True)) for _ in range(args.repeats)]
+        old, new = [], []
+        for _ in range(args.repeats):  # interleaved, so that a change of the machine's load hits both
+            old.append(timed(lambda: run(False)))
+            new.append(timed(lambda: run(True)))
     old_s, new_s = min(s for _, s in old), min(s for _, s in new)
     columns = ["p0", "p1", "p2", "p3"]
     difference = float(np.abs(old[0][0][columns].to_numpy() - new[0][0][columns].to_numpy()).max())

@@ -108,3 +108,45 @@ def test_localization_runs_its_own_layer_sweep(tokenizer_dir, tmp_path):
     assert sorted(outputs["concept_vectors"]) == [
         f"results/injection/vectors/tiny-instruct/layer{layer}.h5" for layer in ("0.25", "0.5")]
     assert [rule for rule, _ in planned(result) if rule == "concept_vectors"] == ["concept_vectors"]
+
+
+def test_the_seed_study_sweep_plans_one_model_load_per_experiment_and_model(tmp_path):
+    """The seed study with its commented injection sweep (4 instruct models, 7 experiments, 3 + 5
+    layer fractions, 4 strengths): a dry run plans one concept_vectors and one grade_injection job
+    per model and one inject_<experiment> job per (experiment, model); 408 model loads before."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO
+
+    seed = yaml.safe_load((REPO / "config/seed_study.yaml").read_text())
+    schema = yaml.safe_load((REPO / "config/schema/config.schema.yaml").read_text())
+    defaults = {key: spec["default"] for key, spec in
+                         schema["properties"]["injection"]["properties"]["resources"]["properties"].items()}
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"injection": {
+        "models": [m for m in seed["models"] if seed["models"][m]["variant"] == "instruct"
+                   and seed["models"][m]["size_b"] >= 7],
+        "experiments": EXPERIMENTS, "layer_fractions": [0.33, 0.5, 0.67],
+        "localization_layer_fractions": [0.1, 0.2, 0.3, 0.4, 0.5], "strengths": [1, 2, 4, 8],
+        "n_concepts": 50, "n_trials": 50, "samples": 2,
+        "resources": {key: str(REPO / path) for key, path in defaults.items()}}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--dry-run", "--configfile", "config/seed_study.yaml", str(sweep),
+         "--directory", str(tmp_path / "study"), "--snakefile", str(REPO / "Snakefile"),
+         "--config", f"prompts={{dir: {REPO / 'resources/prompts'}}}",
+         f"coding={{lexicon: {REPO / 'resources/lexicons/coding.yaml'}, labelled_examples: "
+         f"{REPO / 'resources/lexicons/labelled_examples.yaml'}}}", f"judge={{rubric: {REPO / 'resources/judge/rubric.yaml'}}}"]
+        ,
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    jobs = planned(result)
+    counts = {}
+    for rule, _ in jobs:
+        counts[rule] = counts.get(rule, 0) + 1
+    models = 4
+    assert counts["concept_vectors"] == models and counts["grade_injection"] == models
+    assert {rule: n for rule, n in counts.items() if rule.startswith("inject_")} == {
+        f"inject_{e}": models for e in EXPERIMENTS}
