@@ -32,6 +32,8 @@ def test_a_cell_is_current_only_with_its_fingerprint_and_comes_back_from_its_lin
     cell.unlink()  # what Snakemake's cleanup of a failed job does
     assert not is_current(cell, "f2") and not cell.exists()
     assert is_current(cell, "f1") and json.loads(cell.read_text())["records"] == [{"trial": 0}]
+    write_records(cell, [{"trial": 9}], fingerprint="f0")  # a failed job's restore of the old version
+    assert is_current(cell, "f1") and json.loads(cell.read_text())["records"] == [{"trial": 0}]
     release_finished([cell])
     assert not finished_path(cell).exists() and cell.exists()
     cell.write_text("not json")

@@ -12,7 +12,6 @@ back the finished cells whose fingerprint still matches; a successful job remove
 
 import hashlib
 import json
-import os
 import shutil
 from functools import cache
 from pathlib import Path
@@ -67,14 +66,15 @@ def _stored_fingerprint(path: Path) -> str | None:
 
 
 def is_current(path, expected: str) -> bool:
-    """Whether the cell file at `path` holds fingerprint `expected`; a missing one is taken back
-    from its finished link when that holds it."""
+    """Whether the cell file at `path` holds fingerprint `expected`; a missing or stale one is taken
+    back from its finished copy when that holds it (a failed job's cleanup removed or restored it)."""
     path = Path(path)
-    if path.exists():
-        return _stored_fingerprint(path) == expected
+    if path.exists() and _stored_fingerprint(path) == expected:
+        return True
     kept = finished_path(path)
     if kept.exists() and _stored_fingerprint(kept) == expected:
-        os.link(kept, path)
+        with atomic_path(path) as tmp:
+            shutil.copyfile(kept, tmp)
         return True
     return False
 
