@@ -62,7 +62,8 @@ def planned_outputs(result):
     for block in re.split(r"^(?=(?:local)?rule \w+:$)", result.stdout, flags=re.M)[1:]:
         rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
         found = re.search(r"^    output: (.*)$", block, flags=re.M)
-        outputs.setdefault(rule, []).extend(found.group(1).split(", ") if found else [])
+        files = found.group(1).split(", ") if found else []
+        outputs.setdefault(rule, []).extend(f.removesuffix(" (update)") for f in files)  # the update() flag
     return outputs
 
 
