@@ -373,15 +373,55 @@ def injection_strengths(experiment):
     return [number(s) for s in INJECTION["strengths"]]
 
 
+def injection_cell_grid(experiment):
+    """The (layer, strength) cells of an experiment's sweep, layer-major, as they appear in paths."""
+    return [
+        (layer, strength)
+        for layer in injection_layers(experiment)
+        for strength in injection_strengths(experiment)
+    ]
+
+
+def injection_cell_files(folder, experiment, model="{model}"):
+    """The record files of an experiment's cells for one model (a {model} pattern by default), in
+    injection_cell_grid order, under results/injection/<folder>/."""
+    return [
+        f"results/injection/{folder}/{model}/layer{layer}_strength{strength}.json"
+        for layer, strength in injection_cell_grid(experiment)
+    ]
+
+
 def injection_cells(experiment):
     """Every (model, layer, strength) record file the statistics read for one experiment."""
-    return expand(
-        "results/injection/{folder}/{model}/layer{layer}_strength{strength}.json",
-        folder=EXPERIMENTS[experiment].folder,
-        model=INJECTION["models"],
-        layer=injection_layers(experiment),
-        strength=injection_strengths(experiment),
-    )
+    return [
+        path
+        for model in INJECTION["models"]
+        for path in injection_cell_files(
+            EXPERIMENTS[experiment].folder, experiment, model
+        )
+    ]
+
+
+def vector_layers():
+    """Every layer fraction some configured experiment injects at: one vector file each."""
+    fractions = {
+        float(layer) for e in INJECTION["experiments"] for layer in injection_layers(e)
+    }
+    return [number(f) for f in sorted(fractions)]
+
+
+def vector_files(layers):
+    return [f"results/injection/vectors/{{model}}/layer{layer}.h5" for layer in layers]
+
+
+def inject_cells(experiment):
+    """Per cell of the experiment (injection_cell_grid order): the index of its layer's vector
+    file among injection_layers(experiment), and its strength."""
+    layers = injection_layers(experiment)
+    return [
+        [layers.index(layer), float(strength)]
+        for layer, strength in injection_cell_grid(experiment)
+    ]
 
 
 def injection_statistics_outputs():
@@ -396,13 +436,9 @@ def injection_resources(keys):
     return canonical({key: INJECTION["resources"][key] for key in keys})
 
 
-def get_inject_resources(wildcards):
-    return injection_resources(EXPERIMENTS[wildcards.experiment].resources)
-
-
-def get_inject_settings(wildcards):
+def inject_settings(experiment):
     """The injection keys one experiment reads; for one that samples, also its sampling keys."""
-    spec = EXPERIMENTS[wildcards.experiment]
+    spec = EXPERIMENTS[experiment]
     settings = {key: INJECTION[key] for key in spec.settings}
     if spec.samples:
         settings["max_new_tokens"] = INJECTION["max_new_tokens"]

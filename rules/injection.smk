@@ -1,8 +1,12 @@
-# Concept injection: vectors per (model, layer), one job per (experiment, model, layer, strength)
-# cell, the judge's grading of sampled detection responses, and the statistics. What an
-# experiment reads and writes comes from the registry (llm_introspection.registry); each job's
-# params hold only the keys it reads, so adding a model, experiment, layer or strength adds jobs
-# and changing a key reruns only the jobs that read it.
+# Concept injection: one concept_vectors job per model (every configured layer captured in the
+# same passes), one inject_<experiment> job per (experiment, model) that runs the experiment on
+# every cell of its sweep with the model loaded once, one grade_injection job per model, then the
+# statistics. Each cell is its own file, declared as an update() output: Snakemake leaves the
+# existing cells in place when a job reruns, and the job computes only the cells whose stored
+# fingerprint differs from the one it would write (llm_introspection.injection.sweep), so adding a
+# strength computes only the new cells and changing a key the job reads recomputes all of its
+# cells. What an experiment reads and writes comes from the registry (llm_introspection.registry);
+# each job's params hold only the keys it reads.
 
 
 rule concept_vectors:
@@ -10,17 +14,18 @@ rule concept_vectors:
         **injection_resources(registry.VECTOR_RESOURCES),
         manifest="results/models/{model}/manifest.json",
     output:
-        "results/injection/vectors/{model}/layer{layer}.h5",
+        vector_files(vector_layers()),
     log:
-        "results/logs/concept_vectors/{model}/layer{layer}.log",
-    wildcard_constraints:
-        layer="[0-9.]+",
+        "results/logs/concept_vectors/{model}.log",
+    benchmark:
+        "results/benchmarks/concept_vectors/{model}.tsv"
     conda:
         "../envs/model.yaml"
     threads: 2
     resources:
         gpu=1,
     params:
+        layers=[float(layer) for layer in vector_layers()],
         settings=settings_of("injection", registry.VECTOR_SETTINGS),
         resources=injection_resources(registry.VECTOR_RESOURCES),
         runtime=get_runtime,
@@ -28,46 +33,47 @@ rule concept_vectors:
         "../workflow/scripts/concept_vectors.py"
 
 
-rule inject:
-    input:
-        unpack(get_inject_resources),
-        manifest="results/models/{model}/manifest.json",
-        vectors="results/injection/vectors/{model}/layer{layer}.h5",
-    output:
-        "results/injection/{experiment}/{model}/layer{layer}_strength{strength}.json",
-    log:
-        "results/logs/inject/{experiment}/{model}/layer{layer}_strength{strength}.log",
-    benchmark:
-        "results/benchmarks/inject/{experiment}/{model}/layer{layer}_strength{strength}.tsv"
-    wildcard_constraints:
-        experiment="|".join(INJECTION["experiments"]),
-        layer="[0-9.]+",
-        strength="[0-9.]+",
-    conda:
-        "../envs/model.yaml"
-    threads: 2
-    resources:
-        gpu=1,
-    params:
-        settings=get_inject_settings,
-        resources=get_inject_resources,
-        runtime=get_runtime,
-    script:
-        "../workflow/scripts/inject.py"
+for experiment in INJECTION["experiments"]:
+
+    rule:
+        name:
+            f"inject_{experiment}"
+        input:
+            **injection_resources(EXPERIMENTS[experiment].resources),
+            manifest="results/models/{model}/manifest.json",
+            vectors=vector_files(injection_layers(experiment)),
+        output:
+            update(injection_cell_files(experiment, experiment)),
+        log:
+            f"results/logs/inject/{experiment}/{{model}}.log",
+        benchmark:
+            f"results/benchmarks/inject/{experiment}/{{model}}.tsv"
+        conda:
+            "../envs/model.yaml"
+        threads: 2
+        resources:
+            gpu=1,
+        params:
+            experiment=experiment,
+            cells=inject_cells(experiment),
+            settings=inject_settings(experiment),
+            resources=injection_resources(EXPERIMENTS[experiment].resources),
+            runtime=get_runtime,
+        script:
+            "../workflow/scripts/inject.py"
 
 
 rule grade_injection:
     input:
         **injection_resources(registry.GRADING_RESOURCES),
-        responses="results/injection/detection_responses/{model}/layer{layer}_strength{strength}.json",
+        responses=injection_cell_files("detection_responses", "detection_responses"),
         manifest=get_judge_manifest,
     output:
-        "results/injection/detection_graded/{model}/layer{layer}_strength{strength}.json",
+        update(injection_cell_files("detection_graded", "detection_responses")),
     log:
-        "results/logs/grade_injection/{model}/layer{layer}_strength{strength}.log",
-    wildcard_constraints:
-        layer="[0-9.]+",
-        strength="[0-9.]+",
+        "results/logs/grade_injection/{model}.log",
+    benchmark:
+        "results/benchmarks/grade_injection/{model}.tsv"
     conda:
         "../envs/model.yaml"
     threads: 2

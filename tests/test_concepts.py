@@ -223,3 +223,36 @@ def test_bad_vector_files_are_refused(tmp_path):
     (tmp_path / "not.h5").write_text("plain text")
     with pytest.raises(InputError, match="not.h5 is unreadable"):
         load_vectors(tmp_path / "not.h5")
+
+
+# --- the concept_vectors job ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["mean_subtraction", "contrastive"])
+def test_all_layers_in_one_pass_write_the_files_of_one_layer_at_a_time(tokenizer_dir, tmp_path, method):
+    """run_concept_vectors captures every layer in the same passes; each file equals the file of a
+    run with its layer alone, byte for byte (vectors, baseline vectors, mean norm, provenance)."""
+    from conftest import tiny_spec
+    from llm_introspection.injection.jobs import run_concept_vectors
+    from llm_introspection.models import prepare_model
+    from llm_introspection.storage import write_json
+
+    manifest = prepare_model("tiny", tiny_spec(tokenizer_dir, TINY_LLAMA, "instruct"), tmp_path / "model")
+    write_json(tmp_path / "manifest.json", manifest)
+    settings = {"vector_method": method, "n_concepts": 3, "batch_size": 4}
+    resources = {"concepts": str(CONCEPTS), "contrastive_pairs": str(PAIRS), "neutral_sentences": str(SENTENCES)}
+    runtime = {"device": "cpu", "dtype": "float32"}
+    fractions = [0.25, 0.5, 1.0]
+    together = [tmp_path / f"all/layer{f}.h5" for f in fractions]
+    run_concept_vectors(tmp_path / "manifest.json", fractions, together, settings, resources, runtime, 2)
+    for fraction, path in zip(fractions, together):
+        alone = tmp_path / f"alone/layer{fraction}.h5"
+        run_concept_vectors(tmp_path / "manifest.json", [fraction], [alone], settings, resources, runtime, 2)
+        a, b = load_vectors(path), load_vectors(alone)
+        assert a.attrs == b.attrs and a.attrs["layer_fraction"] == fraction
+        np.testing.assert_array_equal(a.vectors, b.vectors)
+        assert (a.baseline is None) == (method == "contrastive")
+        if a.baseline is not None:
+            np.testing.assert_array_equal(a.baseline, b.baseline)
+        assert path.read_bytes() == alone.read_bytes()
+    assert len({load_vectors(p).attrs["layer"] for p in together}) == 3
+    assert len({load_vectors(p).attrs["mean_norm"] for p in together}) == 3

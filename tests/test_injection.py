@@ -285,7 +285,9 @@ def test_localization_steers_exactly_the_tokens_of_the_chosen_sentence(tiny, loc
     model, tokenizer = tiny
     cell = random_cell(model, tokenizer, tmp_path, layer=2)
     zero = open_cell(cell.vector_path, "tiny", True, 0.0, cell.mean_norm)
-    run = dict(sentences=SENTENCES, n_trials=1, n_sentences=4, questions=["locate"], batch_size=64, seed=5)
+    # one full pass per row (the shared-prefix read-out splits it: tests/test_shared_readout.py)
+    run = dict(sentences=SENTENCES, n_trials=1, n_sentences=4, questions=["locate"], batch_size=64, seed=5,
+               share_prefix=False)
     with recording(model, 2) as calls:
         records = run_localization(model, tokenizer, cell, loc, **run)
     with recording(model, 2) as plain_calls:
@@ -550,6 +552,9 @@ def test_localization_records_are_complete_and_reproducible(llama, loc, tmp_path
     assert records == run_localization(model, tokenizer, cell, loc, seed=1, **run)
     other = run_localization(model, tokenizer, cell, loc, seed=2, **run)
     assert [r["sentence_ids"] for r in records] != [r["sentence_ids"] for r in other]
+    full = run_localization(model, tokenizer, cell, loc, seed=1, share_prefix=False, **run)
+    np.testing.assert_allclose([r["answer_probs"] for r in records], [r["answer_probs"] for r in full], atol=1e-5)
+    assert [r["prediction"] for r in records] == [r["prediction"] for r in full]
     for record in records:
         assert record.keys() >= CELL_COLUMNS | TRIAL_COLUMNS | {"trial", "sentence_ids", "answer_probs",
                                                                 "injected_position"}

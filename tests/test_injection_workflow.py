@@ -56,22 +56,36 @@ def test_every_cell_and_table_is_written(injection_study):
         assert f"(figures/{name}.png)" in report
 
 
-def test_extending_the_sweep_adds_cells_and_reruns_none(injection_study, tmp_path):
-    """A second model, strength and layer, planned in a copy (a dry run)."""
+def planned_outputs(result):
+    """rule -> the output files of its planned jobs, from a dry run's job blocks."""
+    outputs = {}
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", result.stdout, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        found = re.search(r"^    output: (.*)$", block, flags=re.M)
+        files = found.group(1).split(", ") if found else []
+        outputs.setdefault(rule, []).extend(f.removesuffix(" (update)") for f in files)  # the update() flag
+    return outputs
+
+
+def test_extending_the_sweep_plans_one_model_load_per_experiment_and_model(injection_study, tmp_path):
+    """A second model, strength and layer, planned in a copy (a dry run): one concept_vectors job per
+    model, one inject_<experiment> job per (experiment, model), one grade_injection job per model;
+    the finished cells stay (their job computes only the new ones: tests/test_params.py)."""
     study = copy_study(injection_study, tmp_path)
     write_study(study, merged(TINY_STUDY, INJECTION), injection={
         "models": ["tiny-instruct", "tiny-base"], "strengths": [4, 8], "layer_fractions": [0.5, 1.0],
         "localization_layer_fractions": [0.5, 1.0]})
-    jobs = [(rule, w) for rule, w in planned(snakemake(study, "--dry-run"))
-            if rule in ("concept_vectors", "inject", "grade_injection")]
-    assert [w for _, w in jobs if "model=tiny-instruct, layer=0.5, strength=4" in w] == []
-    assert ("concept_vectors", "model=tiny-instruct, layer=0.5") not in jobs
-    assert ("inject", "experiment=localization, model=tiny-instruct, layer=0.5, strength=8") in jobs
-    # tiny-instruct: the new layer's vectors; 6 strength-dependent experiments x (1 new strength at layer 0.5
-    # + 2 at layer 1) and intentional control once at layer 1; grading of each new detection_responses cell.
-    # tiny-base: vectors at both layers, 6 x 4 cells and intentional control at both layers, 4 gradings
-    counts = {"concept_vectors": 1 + 2, "inject": 6 * 3 + 1 + 6 * 4 + 2, "grade_injection": 3 + 4}
-    assert {rule: len([1 for r, _ in jobs if r == rule]) for rule in counts} == counts
+    result = snakemake(study, "--dry-run")
+    jobs = [(rule, w) for rule, w in planned(result)
+            if rule in ("concept_vectors", "grade_injection") or rule.startswith("inject_")]
+    models = ["model=tiny-base", "model=tiny-instruct"]
+    assert sorted(jobs) == sorted([("concept_vectors", m) for m in models] + [("grade_injection", m) for m in models]
+                                  + [(f"inject_{e}", m) for e in EXPERIMENTS for m in models])
+    outputs = planned_outputs(result)
+    assert "results/injection/localization/tiny-instruct/layer1_strength8.json" in outputs["inject_localization"]
+    assert "results/injection/vectors/tiny-instruct/layer1.h5" in outputs["concept_vectors"]
+    # 2 layers x 2 strengths per model; intentional control at strength 0 only
+    assert len(outputs["inject_localization"]) == 2 * 4 and len(outputs["inject_intentional_control"]) == 2 * 2
 
 
 def test_contrastive_vectors_with_word_experiments_fail_naming_the_key(tmp_path):
@@ -86,9 +100,54 @@ def test_localization_runs_its_own_layer_sweep(tokenizer_dir, tmp_path):
     write_study(tmp_path, merged(TINY_STUDY, INJECTION), tokenizer_dir, injection={
         "experiments": ["detection_logits", "localization"], "strengths": [1],
         "localization_layer_fractions": [0.25, 0.5]})
-    jobs = planned(snakemake(tmp_path, "--dry-run"))
-    cells = sorted(w for rule, w in jobs if rule == "inject")
-    assert cells == [f"experiment={e}, model=tiny-instruct, layer={layer}, strength=1" for e, layer in
-                     (("detection_logits", "0.5"), ("localization", "0.25"), ("localization", "0.5"))]
-    assert sorted(w for rule, w in jobs if rule == "concept_vectors") == [
-        "model=tiny-instruct, layer=0.25", "model=tiny-instruct, layer=0.5"]
+    result = snakemake(tmp_path, "--dry-run")
+    outputs = planned_outputs(result)
+    assert sorted(outputs["inject_detection_logits"]) == [
+        "results/injection/detection_logits/tiny-instruct/layer0.5_strength1.json"]
+    assert sorted(outputs["inject_localization"]) == [
+        f"results/injection/localization/tiny-instruct/layer{layer}_strength1.json" for layer in ("0.25", "0.5")]
+    assert sorted(outputs["concept_vectors"]) == [
+        f"results/injection/vectors/tiny-instruct/layer{layer}.h5" for layer in ("0.25", "0.5")]
+    assert [rule for rule, _ in planned(result) if rule == "concept_vectors"] == ["concept_vectors"]
+
+
+def test_the_seed_study_sweep_plans_one_model_load_per_experiment_and_model(tmp_path):
+    """The seed study with its commented injection sweep (4 instruct models, 7 experiments, 3 + 5
+    layer fractions, 4 strengths): a dry run plans one concept_vectors and one grade_injection job
+    per model and one inject_<experiment> job per (experiment, model); 408 model loads before."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO
+
+    seed = yaml.safe_load((REPO / "config/seed_study.yaml").read_text())
+    schema = yaml.safe_load((REPO / "config/schema/config.schema.yaml").read_text())
+    defaults = {key: spec["default"] for key, spec in
+                         schema["properties"]["injection"]["properties"]["resources"]["properties"].items()}
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"injection": {
+        "models": [m for m in seed["models"] if seed["models"][m]["variant"] == "instruct"
+                   and seed["models"][m]["size_b"] >= 7],
+        "experiments": EXPERIMENTS, "layer_fractions": [0.33, 0.5, 0.67],
+        "localization_layer_fractions": [0.1, 0.2, 0.3, 0.4, 0.5], "strengths": [1, 2, 4, 8],
+        "n_concepts": 50, "n_trials": 50, "samples": 2,
+        "resources": {key: str(REPO / path) for key, path in defaults.items()}}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--dry-run", "--configfile", "config/seed_study.yaml", str(sweep),
+         "--directory", str(tmp_path / "study"), "--snakefile", str(REPO / "Snakefile"),
+         "--config", f"prompts={{dir: {REPO / 'resources/prompts'}}}",
+         f"coding={{lexicon: {REPO / 'resources/lexicons/coding.yaml'}, labelled_examples: "
+         f"{REPO / 'resources/lexicons/labelled_examples.yaml'}}}", f"judge={{rubric: {REPO / 'resources/judge/rubric.yaml'}}}"]
+        ,
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    jobs = planned(result)
+    counts = {}
+    for rule, _ in jobs:
+        counts[rule] = counts.get(rule, 0) + 1
+    models = 4
+    assert counts["concept_vectors"] == models and counts["grade_injection"] == models
+    assert {rule: n for rule, n in counts.items() if rule.startswith("inject_")} == {
+        f"inject_{e}": models for e in EXPERIMENTS}

@@ -119,8 +119,9 @@ def planted_run(tokenizer, loc, tmp_path, strength, n_trials=20):
     save_vectors(path, direction[None], ["Dust"], model="stand-in", layer=1, method="mean_subtraction")
     cell = open_cell(path, "stand-in", bool(tokenizer.chat_template), strength, mean_norm=1.0)
     model = PlantedReadout(tokenizer, direction)
+    # the stand-in reads whole inputs, so no shared key/value cache
     records = run_localization(model, tokenizer, cell, loc, SENTENCES, n_trials, seed=3, batch_size=16,
-                               questions=["locate"])
+                               questions=["locate"], share_prefix=False)
     return localization_statistics(pd.DataFrame(records))
 
 

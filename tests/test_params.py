@@ -1,6 +1,8 @@
 """A job's params are exactly the config keys it reads, in canonical form: a key reruns only the
 jobs that read it, and the same config with its keys in another order plans nothing."""
 
+import json
+
 import pytest
 import yaml
 
@@ -28,8 +30,32 @@ def test_a_key_reruns_only_the_jobs_that_read_it(tiny_study, tmp_path):
     snakemake(study, CELL)
     # n_trials is read by localization cells, not by concept vectors; n_permutations by probes only
     write_study(study, config, injection={"n_trials": 3}, probing={"n_permutations": 7})
-    assert planned(snakemake(study, "--dry-run", CELL)) == [
-        ("inject", "experiment=localization, model=tiny-instruct, layer=0.5, strength=2")]
+    assert planned(snakemake(study, "--dry-run", CELL)) == [("inject_localization", "model=tiny-instruct")]
     everything = {rule for rule, _ in planned(snakemake(study, "--dry-run"))}
     assert "probes" in everything and not everything & {"prepare_model", "generate", "trace", "concept_vectors",
                                                        "judge", "code_keywords", "content_statistics"}
+
+
+def test_a_new_strength_computes_only_its_cells_and_a_changed_key_all(tokenizer_dir, tmp_path):
+    """The sweep job of (localization, tiny-instruct) loads the model once for all its cells; run
+    again for a new strength it keeps the finished cell as it is and computes the new one; run again
+    for a new n_trials it recomputes both. (A new study: a cell needs only its model and vectors.)"""
+    study = tmp_path
+    config = merged(TINY_STUDY, INJECTION)
+    write_study(study, config, tokenizer_dir)
+    snakemake(study, CELL)
+    cell, log = study / CELL, study / "results/logs/inject/localization/tiny-instruct.log"
+    first = cell.read_bytes()
+    new = CELL.replace("strength2", "strength3")
+    write_study(study, config, tokenizer_dir, injection={"strengths": [2, 3]})
+    assert planned(snakemake(study, "--dry-run", new)) == [("inject_localization", "model=tiny-instruct")]
+    snakemake(study, new)
+    assert cell.read_bytes() == first and "localization: 1 of 2 cells computed, 1 current" in log.read_text()
+    assert log.read_text().count("loaded tiny-instruct") == 1
+    assert json.loads((study / new).read_text())["records"][0]["strength_relative"] == 3
+    assert not any((study / "results/injection/localization/tiny-instruct/.finished").iterdir())
+    write_study(study, config, tokenizer_dir, injection={"strengths": [2, 3], "n_trials": 3})
+    assert planned(snakemake(study, "--dry-run", new)) == [("inject_localization", "model=tiny-instruct")]
+    snakemake(study, new)
+    assert "localization: 2 of 2 cells computed, 0 current" in log.read_text()
+    assert json.loads(cell.read_text())["n_records"] == 3 * json.loads(first)["n_records"] // 2

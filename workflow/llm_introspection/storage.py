@@ -36,7 +36,7 @@ _PRODUCERS = (
     ("results/judge/", "judge"),
     ("results/injection/vectors/", "concept_vectors"),
     ("results/injection/detection_graded/", "grade_injection"),
-    ("results/injection/", "inject"),
+    ("results/injection/", "inject_{experiment}"),  # one rule per experiment: results/injection/<experiment>/
     ("results/statistics/content_statistics.csv", "content_statistics"),
     ("results/statistics/mixed_effects.json", "content_statistics"),
     ("results/statistics/scaling_statistics.json", "content_statistics"),
@@ -63,6 +63,8 @@ def producer(path: Path | str) -> tuple[str, str] | None:
                 target = "/".join(target.split("/")[:3]) + "/manifest.json"
             if rule == "finetune" and target.split("/")[4:5] == ["data"]:
                 rule = "detection_data"
+            if "{experiment}" in rule:
+                rule = rule.format(experiment=target.split("/")[2])
             return rule, target
     return None
 

@@ -10,8 +10,8 @@ from llm_introspection.storage import remove_stale_temporaries
 remove_stale_temporaries(snakemake.output)  # what a killed run of this job left
 run_concept_vectors(
     manifest_path=snakemake.input.manifest,
-    layer_fraction=float(snakemake.wildcards.layer),
-    vector_path=snakemake.output[0],
+    layer_fractions=snakemake.params.layers,
+    vector_paths=list(snakemake.output),
     settings=snakemake.params.settings,
     resources=snakemake.params.resources,
     runtime=snakemake.params.runtime,

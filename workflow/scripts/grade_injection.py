@@ -10,8 +10,7 @@ from llm_introspection.storage import remove_stale_temporaries
 remove_stale_temporaries(snakemake.output)  # what a killed run of this job left
 run_grade_injection(
     judge_manifest_path=snakemake.input.manifest,
-    responses_path=snakemake.input.responses,
-    output_path=snakemake.output[0],
+    cells=list(zip(snakemake.input.responses, snakemake.output)),
     settings=snakemake.params.settings,
     resources=snakemake.params.resources,
     runtime=snakemake.params.runtime,

@@ -8,12 +8,14 @@ from llm_introspection.injection.jobs import run_inject
 from llm_introspection.storage import remove_stale_temporaries
 
 remove_stale_temporaries(snakemake.output)  # what a killed run of this job left
+vectors = list(snakemake.input.vectors)
 run_inject(
     manifest_path=snakemake.input.manifest,
-    vector_path=snakemake.input.vectors,
-    experiment=snakemake.wildcards.experiment,
-    strength=float(snakemake.wildcards.strength),
-    output_path=snakemake.output[0],
+    experiment=snakemake.params.experiment,
+    cells=[
+        (vectors[layer], strength, output)
+        for (layer, strength), output in zip(snakemake.params.cells, snakemake.output)
+    ],
     settings=snakemake.params.settings,
     resources=snakemake.params.resources,
     runtime=snakemake.params.runtime,

@@ -80,17 +80,22 @@ def mean_token_activations(model, indices, prompts, batch_size):
     return torch.cat(rows).double().numpy()
 
 
-def mean_residual_norm(model, index, prompts, batch_size):
-    """The mean L2 norm of hidden state `index` over all tokens of the prompts, each prompt's
-    position 0 (the attention sink, norm far above the rest) excluded."""
-    total, count = 0.0, 0
-    for states, kept in _residual_batches(model, [index], prompts, batch_size):
-        norms = states[:, 0].double().norm(dim=-1)
-        total += float(norms[kept].sum())
+def mean_residual_norms(model, indices, prompts, batch_size) -> list[float]:
+    """Per hidden-state index, the mean L2 norm of that state over all tokens of the prompts, each
+    prompt's position 0 (the attention sink, norm far above the rest) excluded; one pass for all."""
+    totals, count = [0.0] * len(indices), 0
+    for states, kept in _residual_batches(model, indices, prompts, batch_size):
+        for j in range(len(indices)):
+            totals[j] += float(states[:, j].double().norm(dim=-1)[kept].sum())
         count += int(kept.sum())
     if count == 0:
         raise InputError("mean residual norm: the prompts have no token after position 0")
-    return total / count
+    return [t / count for t in totals]
+
+
+def mean_residual_norm(model, index, prompts, batch_size):
+    """The mean residual norm (mean_residual_norms) of one hidden-state index."""
+    return mean_residual_norms(model, [index], prompts, batch_size)[0]
 
 
 def mean_subtraction_vectors(model, indices, concept_prompts, baseline_prompts, batch_size):

@@ -1,11 +1,13 @@
 """Localization (after Godet): which of N sentences carries the injected thought? Read from the
 digit tokens after the question's prefill, against control questions, a norm-matched random
-vector and no injection."""
+vector and no injection. The key/value cache of the prefix a trial's rows share (up to the first
+sentence) and of the preamble every trial shares is computed once (readout.shared)."""
 
 import numpy as np
 
 from ..errors import InputError
 from ..readout.options import option_answers
+from ..readout.shared import shared_prefix_options
 from ..readout.steered import Trial, read_options
 from ..steering import relative_strength
 from .concepts import matched_random_vectors
@@ -14,7 +16,7 @@ from .texts import AnswerSpec
 
 
 def run_localization(model, tokenizer, cell, texts, sentences, n_trials, seed=0, batch_size=8, n_sentences=None,
-                     concepts=None, questions=None):
+                     concepts=None, questions=None, share_prefix=True):
     """Localization: trial t shows n_sentences sentences drawn from the pool `sentences` (seeded)
     and injects the vector of concept t mod len(concepts) on the tokens of sentence k, for every k
     and every question; the same with a random vector of the same norm (seeded by (seed, t)); and
@@ -23,7 +25,8 @@ def run_localization(model, tokenizer, cell, texts, sentences, n_trials, seed=0,
     question, introspection (the question is the introspective one), kind, concept (the concept
     vector, or the one a random vector's norm matches), injected_position (1..n; None for
     controls), strength_absolute, answer_probs (renormalised over the digits), option_mass,
-    prediction (1..n), correct (None for controls)."""
+    prediction (1..n), correct (None for controls). `share_prefix=False` reads every row in a full
+    pass (readout.steered.read_options; equal within float tolerance)."""
     n = n_sentences or texts.n_sentences
     if not 2 <= n <= 9 or n > len(sentences):
         raise InputError(f"localization needs 2..9 sentences per trial and at most the pool's "
@@ -57,7 +60,13 @@ def run_localization(model, tokenizer, cell, texts, sentences, n_trials, seed=0,
     records = []
     for question, frame in frames.items():
         fields, trials = zip(*rows[question])
-        probs, chosen, mass = option_answers(read_options(model, cell.layer, trials, frame.option_ids, batch_size))
+        # a trial's 2n+1 rows share their ids up to the first sentence, every trial the preamble
+        if share_prefix:
+            log_probs = shared_prefix_options(model, cell.layer, trials, [t.ids for t in trials], frame.option_ids,
+                                              batch_size)
+        else:
+            log_probs = read_options(model, cell.layer, trials, frame.option_ids, batch_size)
+        probs, chosen, mass = option_answers(log_probs)
         for row, (record, trial) in enumerate(zip(fields, trials)):
             prediction, position = int(chosen[row]) + 1, record["injected_position"]
             records.append(record | {

@@ -85,16 +85,21 @@ def next_token_log_probs(model, sequences, option_ids, pad_id):
     return log_probs[:, torch.tensor(option_ids, device=model.device)].double().cpu()
 
 
-@torch.inference_mode()
-def option_log_probs(model, tokenizer, sequences, option_ids, batch_size, setting):
-    """(len(sequences), n_options) float64 log-probabilities of the options as the next token,
-    batched longest first; InputError naming the model and `setting` (the knob that shortens the
-    prompts) when a sequence is longer than the model's context."""
+def check_context(model, tokenizer, sequences, setting: str) -> None:
+    """InputError naming the model and `setting` (the knob that shortens the prompts) when a
+    sequence is longer than the model's context."""
     limit = getattr(model.config, "max_position_embeddings", None)
     longest = max(map(len, sequences))
     if limit is not None and longest > limit:
         raise InputError(f"judge {tokenizer_name(tokenizer)}: a judge prompt has {longest} tokens, more than its "
                          f"context of {limit}; lower {setting}")
+
+
+@torch.inference_mode()
+def option_log_probs(model, tokenizer, sequences, option_ids, batch_size, setting):
+    """(len(sequences), n_options) float64 log-probabilities of the options as the next token,
+    batched longest first, one full pass per sequence; InputError as check_context says."""
+    check_context(model, tokenizer, sequences, setting)
     model.eval()
     out = torch.empty((len(sequences), len(option_ids)), dtype=torch.float64)
     # longest first, so a batch pads little; each row's result is independent of its batch mates

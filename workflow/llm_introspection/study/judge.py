@@ -6,6 +6,10 @@ prefilled with the answer start ("Score:"). One forward pass gives the next-toke
 four option tokens "0".."3" are renormalised among themselves into p0..p3, so there is always a
 score: the expected score sum(k * p_k) and the argmax. The mass the options had under the full
 softmax is kept as a diagnostic (low mass: the judge wanted to say something else).
+
+The four dimensions of one completion share everything up to the dimension's question, and all
+judge prompts share the system message and the instructions: those prefixes run once and their
+key/value cache is shared (readout.shared); `share_prefix=False` runs one full pass per prompt.
 """
 
 import pandas as pd
@@ -13,7 +17,9 @@ import torch
 
 from ..prompts import framed_ids
 from ..errors import InputError
-from ..readout.options import answer_frame, option_log_probs, truncate_completion
+from ..readout.options import answer_frame, check_context, option_log_probs, truncate_completion
+from ..readout.shared import shared_prefix_options
+from ..readout.steered import Trial
 
 COLUMNS = ("item", "dimension", "p0", "p1", "p2", "p3", "expected", "argmax", "option_mass", "truncated",
            "judge_prompt_tokens")
@@ -53,7 +59,8 @@ def build_judge_prompt(tokenizer, rubric, dimension, completion_text, prompt_tex
     return _judge_ids(tokenizer, rubric, frame, dimension, completion, prompt_text), truncated
 
 
-def score_completions(model, tokenizer, items, rubric, max_completion_tokens=512, batch_size=16, dimensions=None):
+def score_completions(model, tokenizer, items, rubric, max_completion_tokens=512, batch_size=16, dimensions=None,
+                      share_prefix=True):
     """Judge every (prompt_text, completion_text) of `items` on every rubric dimension (or on
     those named in `dimensions`).
 
@@ -61,6 +68,8 @@ def score_completions(model, tokenizer, items, rubric, max_completion_tokens=512
     into items), dimension, p0..p3 (the option probabilities renormalised over the options),
     expected (sum k * p_k), argmax, option_mass (the options' total probability under the full
     softmax), truncated (the completion was cut to max_completion_tokens), judge_prompt_tokens.
+    With `share_prefix` the shared prefixes' key/value caches are computed once (equal results
+    within float tolerance).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"judge batch_size must be a positive integer, got {batch_size!r}")
@@ -80,8 +89,14 @@ def score_completions(model, tokenizer, items, rubric, max_completion_tokens=512
             sequences.append(ids)
     if not sequences:
         return pd.DataFrame(columns=list(COLUMNS))
-    log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size,
-                                 f"max_completion_tokens (now {max_completion_tokens})")
+    setting = f"max_completion_tokens (now {max_completion_tokens})"
+    if share_prefix:
+        check_context(model, tokenizer, sequences, setting)
+        log_probs = torch.from_numpy(shared_prefix_options(model, None, [Trial(tuple(s)) for s in sequences],
+                                                           [row["item"] for row in rows], frame.option_ids,
+                                                           batch_size))
+    else:
+        log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size, setting)
     probs = torch.softmax(log_probs, dim=-1)
     mass = log_probs.exp().sum(-1)
     levels = torch.arange(len(frame.option_ids), dtype=torch.float64)
