@@ -26,9 +26,10 @@ def test_a_dry_run_plans_detection_data_finetune_and_the_lora_model_everywhere(t
         ("detection_data", "model=tiny-instruct, variant=original"),
         ("finetune", "model=tiny-instruct, variant=original"),
     ]
-    for rule in ("prepare_model", "generate", "trace", "judge", "code_keywords", "concept_vectors", "inject"):
+    for rule in ("prepare_model", "generate", "trace", "judge", "code_keywords", "concept_vectors",
+                 "inject_detection_logits"):
         assert any(r == rule and "model=tiny-ft" in w for r, w in jobs), rule
-    assert ("prepare_model", "model=tiny-ft-base-frame") in jobs  # the shared-frame twin copies its manifest
+    assert not any("tiny-ft-base-frame" in w for _, w in jobs)  # a LoRA variant has no shared-frame twin
     # finetuning every variant of the base model adds the other variant's jobs, and nothing else changes
     write_study(tmp_path, merged(TINY_STUDY, FINETUNE), finetune={"models": ["tiny-instruct"]})
     trained = {j for j in planned(snakemake(tmp_path, "--dry-run")) if j[0] in ("detection_data", "finetune")}

@@ -1,6 +1,6 @@
 """Concept injection (Lindsey 2025) and localization (Godet): concept vectors (concepts), the
 experiments' texts (texts), a sweep's cells (cell), trial inputs (inputs), one module per family of
-experiments (detection, localization, thought), grading, statistics and the rules' jobs (jobs).
+experiments (detection, localization, thought), grading, statistics, the cell fingerprints of a sweep job (sweep) and the rules' jobs (jobs).
 What each experiment is lives in llm_introspection.registry.
 
 The public functions and classes of every module are listed below and can be read from the
@@ -14,7 +14,7 @@ from ..lazy import lazy_exports
 _PUBLIC = {
     "cell": ("concept_word", "Cell", "open_cell", "write_records"),
     "concepts": ("concept_prompt_ids", "sentence_ids", "last_token_activations", "mean_token_activations",
-                 "mean_residual_norm", "mean_subtraction_vectors", "contrastive_vectors", "matched_random_vectors",
+                 "mean_residual_norms", "mean_residual_norm", "mean_subtraction_vectors", "contrastive_vectors", "matched_random_vectors",
                  "concept_like_random_vectors", "VectorSet", "save_vectors", "load_vectors"),
     "detection": ("variants", "run_detection_logits", "run_detection_responses", "run_forced_identification",
                   "ranking"),
@@ -28,6 +28,8 @@ _PUBLIC = {
                    "forced_identification_statistics", "thought_vs_text_statistics", "prefill_intent_statistics",
                    "intentional_control_statistics", "localization_statistics", "json_ready", "read_records",
                    "experiment_tables", "run_injection_statistics"),
+    "sweep": ("source_digest", "file_digest", "fingerprint", "finished_path", "is_current", "keep_finished",
+              "release_finished"),
     "texts": ("ConceptWords", "ContrastivePair", "AnswerSpec", "DetectionTexts", "Question", "LocalizationTexts",
               "GradingRubric", "ThoughtTexts", "load_concept_words", "load_contrastive_pairs",
               "load_neutral_sentences", "provenance", "load_detection_texts", "load_localization_texts",
