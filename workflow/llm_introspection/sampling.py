@@ -20,6 +20,7 @@ import torch
 
 from .batching import left_pad
 from .errors import InputError
+from .modules import input_device
 
 # The nucleus is searched among this many top tokens first; a full sort only when it is wider.
 _NUCLEUS_CANDIDATES = 1024
@@ -150,7 +151,7 @@ def answer_length(token_ids: list[int], labels: Sequence[str], decode: Callable)
 def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_labels, decode):
     from transformers import DynamicCache
 
-    device = model.device
+    device = input_device(model)
     ids, mask, positions = left_pad(prompts, pad_id, device)
     uniforms = noise_streams(seeds, params.max_new_tokens).to(device)
     eos = torch.tensor(sorted(eos_ids), device=device)
@@ -162,7 +163,7 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_lab
     tokens, stats, frame_ends = [], [], {}  # frame_ends: row -> the step that completed its end label
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for step in range(params.max_new_tokens):
-        chosen, step_stats = sample_step(out.logits[:, -1], uniforms[:, step], params, top_k)
+        chosen, step_stats = sample_step(out.logits[:, -1].to(device), uniforms[:, step], params, top_k)
         stats.append(step_stats.cpu())
         token = torch.where(finished, pad_id, chosen)
         tokens.append(token)
