@@ -19,7 +19,8 @@ rule concept_vectors:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_model_gpus,
+        model_jobs=1,
     params:
         settings=settings_of("injection", registry.VECTOR_SETTINGS),
         resources=injection_resources(registry.VECTOR_RESOURCES),
@@ -47,7 +48,8 @@ rule inject:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_model_gpus,
+        model_jobs=1,
     params:
         settings=get_inject_settings,
         resources=get_inject_resources,
@@ -72,7 +74,8 @@ rule grade_injection:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_judge_gpus,
+        model_jobs=1,
     params:
         settings=settings_of("injection", registry.GRADING_SETTINGS),
         resources=injection_resources(registry.GRADING_RESOURCES),
