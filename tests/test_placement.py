@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_GEMMA3, TINY_LLAMA, tiny_spec
+from conftest import CONFIG_SCHEMA, TINY_GEMMA3, TINY_LLAMA, tiny_spec
+from llm_introspection.config import validate
 from llm_introspection.batching import PAD_ID
 from llm_introspection.errors import InputError
 from llm_introspection.models import load_model, prepare_model
@@ -45,6 +46,17 @@ def test_model_gpus_from_the_entry_the_runtime_and_the_copies_held():
     assert model_gpus("m", {"size_b": 32.8, "gpus": "auto"}, RUNTIME, copies=2) == 3  # trace_noise holds two
     with pytest.raises(InputError, match="model m: key 'gpus'"):
         model_gpus("m", {"size_b": 1, "gpus": 0}, RUNTIME)
+
+
+@pytest.mark.parametrize("gpus", [0, "many", 1.5])
+def test_the_config_refuses_a_gpu_count_that_is_no_positive_integer_or_auto(gpus, tokenizer_dir):
+    spec = tiny_spec(tokenizer_dir, TINY_LLAMA)
+    config = {"models": {"m": {**spec, "gpus": gpus}}, "prompts": {}, "generation": {"reps": 1, "max_new_tokens": 1},
+              "judge": {"model": "m"}}
+    with pytest.raises(InputError, match="key 'models.m.gpus'"):
+        validate(config, CONFIG_SCHEMA, "config")
+    config["models"]["m"]["gpus"] = "auto"
+    assert validate(config, CONFIG_SCHEMA, "config")["runtime"]["gpu_weights_share"] == 0.6
 
 
 # --- placement when a job loads -------------------------------------------------------------------
