@@ -24,7 +24,8 @@ CLUSTER_SCRIPT = REPO / ".ci/slurm-cluster.sh"
 OVERRIDES = REPO / "tests/data/slurm-test-profile.yaml"
 MODEL_RULES = {"generate", "trace", "judge"}
 LOCAL_RULES = {"all", "prepare_model"}
-TIMEOUT = 900
+# seconds for one snakemake run on the cluster; a machine shared with other work may need more
+TIMEOUT = int(os.environ.get("LLM_INTROSPECTION_SLURM_TIMEOUT", "900"))
 IN_CI = os.environ.get("LLM_INTROSPECTION_CI") == "1"
 
 
