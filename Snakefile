@@ -12,6 +12,13 @@ if not workflow.overwrite_configfiles:
 report: "report/workflow.rst"
 
 
+# Model jobs request model_jobs=1; profiles/default (loaded on every run) allows one at a time, so
+# on one machine each gets the whole CPU or GPU. Scoped local, the limit applies inside each
+# submitted job but not across a cluster's jobs: `--profile slurm` runs model jobs side by side.
+resource_scopes:
+    model_jobs="local",
+
+
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/generate.smk"

@@ -20,7 +20,7 @@ from llm_introspection.prompts import load_prompt_set, select_prompt_ids
 from llm_introspection.records import base_instruct_pairs, condition
 from llm_introspection.selfknowledge import design as selfknowledge_design
 from llm_introspection.selfknowledge.texts import load_questions, load_tasks
-from llm_introspection import registry
+from llm_introspection import placement, registry
 from llm_introspection.study.coding import load_labelled_examples, load_lexicon
 from llm_introspection.study.rubric import load_rubric
 
@@ -244,13 +244,47 @@ def get_job_prompt_files(wildcards):
 
 
 def model_runtime(name):
-    """runtime settings of one model: its own dtype overrides runtime.dtype. The batch planning
-    keys (memory budget, progress interval) change no output but its provenance record, so they
-    are no param: the jobs read them from the config (llm_introspection.jobs.job_settings).
+    """runtime settings of one model's jobs: device, dtype (its own overrides runtime.dtype) and,
+    only for a model on more than one GPU, gpus (so a one-GPU model's params stay as they were).
+    The batch planning keys (memory budget, progress interval) change no output but its provenance
+    record, so they are no param: the jobs read them from the config (llm_introspection.jobs.job_settings).
     """
     runtime = {key: config["runtime"][key] for key in ("device", "dtype")}
     runtime["dtype"] = MODELS[name].get("dtype", runtime["dtype"])
+    gpus = model_gpus(name)
+    if gpus > 1:
+        runtime["gpus"] = gpus
     return canonical(runtime)
+
+
+def model_gpus(name, copies=1):
+    """GPUs a job of model `name` asks for (its `gpus`, or what its size needs with `gpus: auto`)
+    when it holds `copies` models of that size."""
+    try:
+        return placement.model_gpus(name, MODELS[name], config["runtime"], copies)
+    except InputError as error:
+        raise WorkflowError(str(error)) from None
+
+
+def get_model_gpus(wildcards):
+    """The gpu resource of a model job: the SLURM executor asks for that many (--gpus)."""
+    return model_gpus(wildcards.model)
+
+
+def get_pair_gpus(wildcards):
+    """trace_noise holds a base model and its instruct partner at once."""
+    return model_gpus(wildcards.model, copies=2)
+
+
+def get_pair_runtime(wildcards):
+    """trace_noise's runtime: both models of the pair spread over the GPUs the job asks for."""
+    runtime = model_runtime(wildcards.model)
+    gpus = model_gpus(wildcards.model, copies=2)
+    return canonical(runtime | {"gpus": gpus}) if gpus > 1 else runtime
+
+
+def get_judge_gpus(wildcards):
+    return model_gpus(config["judge"]["model"])
 
 
 def get_runtime(wildcards):
@@ -266,7 +300,8 @@ def get_judge_runtime(wildcards):
 
 
 def get_model_spec(wildcards):
-    return canonical(MODELS[wildcards.model])
+    """A model's entry as prepare_model reads it (its GPU count is no part of the weights)."""
+    return canonical({k: v for k, v in MODELS[wildcards.model].items() if k != "gpus"})
 
 
 def get_twin_source_manifest(wildcards):

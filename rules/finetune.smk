@@ -22,7 +22,8 @@ rule detection_data:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_model_gpus,
+        model_jobs=1,
     params:
         variant=get_variant_entry,
         settings=settings_of("finetune", DETECTION_DATA_SETTINGS),
@@ -54,7 +55,8 @@ rule finetune:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_model_gpus,
+        model_jobs=1,
     params:
         settings=settings_of("finetune", FINETUNE_SETTINGS),
         runtime=get_runtime,

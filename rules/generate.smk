@@ -13,7 +13,8 @@ rule generate:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_model_gpus,
+        model_jobs=1,
     params:
         generation=canonical(config["generation"]),
         runtime=get_runtime,

@@ -23,7 +23,8 @@ rule concept_vectors:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_model_gpus,
+        model_jobs=1,
     params:
         layers=[float(layer) for layer in vector_layers()],
         settings=settings_of("injection", registry.VECTOR_SETTINGS),
@@ -52,7 +53,8 @@ for experiment in INJECTION["experiments"]:
             "../envs/model.yaml"
         threads: 2
         resources:
-            gpu=1,
+            gpu=get_model_gpus,
+            model_jobs=1,
         params:
             experiment=experiment,
             cells=inject_cells(experiment),
@@ -78,7 +80,8 @@ rule grade_injection:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_judge_gpus,
+        model_jobs=1,
     params:
         settings=settings_of("injection", registry.GRADING_SETTINGS),
         resources=injection_resources(registry.GRADING_RESOURCES),

@@ -18,7 +18,8 @@ rule judge:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_judge_gpus,
+        model_jobs=1,
     params:
         judge=settings_of("judge", ("max_completion_tokens", "batch_size")),
         runtime=get_judge_runtime,

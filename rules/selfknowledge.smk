@@ -20,7 +20,8 @@ rule selfknowledge:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_model_gpus,
+        model_jobs=1,
     params:
         settings=get_selfknowledge_settings,
         resources=get_selfknowledge_resources,

@@ -12,7 +12,8 @@ rule trace:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_model_gpus,
+        model_jobs=1,
     params:
         trace=canonical(config["trace"]),
         runtime=get_runtime,
@@ -36,7 +37,8 @@ rule trace_cross:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_model_gpus,
+        model_jobs=1,
     params:
         trace=canonical(config["trace"]),
         runtime=get_runtime,
@@ -61,10 +63,11 @@ rule trace_noise:
         "../envs/model.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=get_pair_gpus,
+        model_jobs=1,
     params:
         trace=canonical(config["trace"]),
-        runtime=get_runtime,
+        runtime=get_pair_runtime,
         seed=config["probing"]["seed"],
     script:
         "../workflow/scripts/trace_noise.py"

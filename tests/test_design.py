@@ -36,7 +36,7 @@ def test_default_config_is_the_embedded_small_design(prompts):
     assert {m["variant"] for m in config["models"].values()} == {"base", "instruct"}
     assert len(select_prompt_ids(config["prompts"], prompts)) == 8
     assert config["trace"]["layer_fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert config["runtime"] == {"device": "auto", "dtype": "auto"}
+    assert config["runtime"] == {"device": "auto", "dtype": "auto", "gpu_memory_gb": 80, "gpu_weights_share": 0.6}
 
 
 def test_seed_study_config_reproduces_the_original_design(prompts):

@@ -102,10 +102,12 @@ def open_model(manifest_path, runtime, threads):
     manifest = read_json(manifest_path)
     device = resolve_device(runtime["device"])
     dtype = resolve_dtype(runtime["dtype"], device)
+    gpus = runtime.get("gpus", 1)  # present only for a model on more than one GPU
     started = time.perf_counter()
-    model = load_model(manifest, device, dtype)
+    model = load_model(manifest, device, dtype, gpus)
     load_s = time.perf_counter() - started
-    log(f"loaded {manifest['name']} on {device} as {dtype} in {load_s:.1f} s")
+    where = f"{gpus} GPUs" if gpus > 1 and device.startswith("cuda") else device
+    log(f"loaded {manifest['name']} on {where} as {dtype} in {load_s:.1f} s")
     record = {k: manifest[k] for k in ("name", "family", "size_b", "variant", "frame", "source", "revision")}
     record.update(
         model_type=manifest["model_type"], n_layers=manifest["n_layers"], hidden_size=manifest["hidden_size"],
@@ -113,6 +115,8 @@ def open_model(manifest_path, runtime, threads):
         trust_remote_code=manifest["trust_remote_code"],
     )
     record.update({key: manifest[key] for key in ("base", "adapter") if key in manifest})  # LoRA variants
+    if gpus > 1:
+        record["gpus"] = gpus
     return model, manifest, record, load_s
 
 

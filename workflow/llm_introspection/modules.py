@@ -1,7 +1,9 @@
 """Where the residual stream lives in a decoder model, for the hooks that read and steer it.
 
 Hidden-state index h follows the transformers convention: 0 is the embedding output (the input of
-block 0) and h >= 1 the output of block h - 1, read before the final norm.
+block 0) and h >= 1 the output of block h - 1, read before the final norm. The blocks of a model
+spread over several devices (device_map) each run on their own device: hooks take a block's output
+where it is and move only what they keep.
 """
 
 from __future__ import annotations
@@ -30,6 +32,21 @@ def residual_module(model: PreTrainedModel, index: int) -> torch.nn.Module:
     if not 0 <= index <= len(layers):
         raise InputError(f"{type(model).__name__}: hidden-state index {index} is outside 0..{len(layers)}")
     return model.get_input_embeddings() if index == 0 else layers[index - 1]
+
+
+def input_device(model: PreTrainedModel) -> torch.device:
+    """Where a model takes its input ids: the device its embeddings run on. Under accelerate's
+    dispatch (device_map over several GPUs, or layers offloaded to the CPU or disk) that is the
+    embedding hook's execution device, even while its weights wait on the meta device."""
+    embeddings = model.get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    weight = getattr(embeddings, "weight", None)
+    if weight is not None:
+        return weight.device
+    return next((parameter.device for parameter in model.parameters()), torch.device("cpu"))
 
 
 def untuple_tensor(output: torch.Tensor | tuple[Any, ...]) -> torch.Tensor:

@@ -22,6 +22,7 @@ from .batching import left_pad
 from .errors import InputError
 from .memory import BatchRecord, run_with_backoff
 from .progress import Progress
+from .modules import input_device
 
 # The nucleus is searched among this many top tokens first; a full sort only when it is wider.
 _NUCLEUS_CANDIDATES = 1024
@@ -153,7 +154,7 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_lab
                   progress=None):
     from transformers import DynamicCache
 
-    device = model.device
+    device = input_device(model)
     ids, mask, positions = left_pad(prompts, pad_id, device)
     uniforms = noise_streams(seeds, params.max_new_tokens).to(device)
     eos = torch.tensor(sorted(eos_ids), device=device)
@@ -169,7 +170,7 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_lab
     if progress:
         progress.start_batch(n)
     for step in range(params.max_new_tokens):
-        chosen, step_stats = sample_step(out.logits[:, -1], uniforms[live, step], params, top_k)
+        chosen, step_stats = sample_step(out.logits[:, -1].to(device), uniforms[live, step], params, top_k)
         drawn = torch.full((n,), pad_id, dtype=chosen.dtype, device=device)
         drawn[live] = chosen
         full_stats = torch.zeros((n, len(STAT_NAMES)), dtype=step_stats.dtype)

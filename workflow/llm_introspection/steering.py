@@ -112,7 +112,7 @@ def steer(model, index, vector, strength, where):
                 f"steering: hidden state {tuple(hidden.shape)} does not fit the call's positions "
                 f"{tuple(positions.shape)} or the {delta.shape[0]} rows of strength × vector"
             )
-        selected = where.select(positions).unsqueeze(-1).to(hidden.dtype)
+        selected = where.select(positions).unsqueeze(-1).to(device=hidden.device, dtype=hidden.dtype)
         steered = hidden + selected * delta.to(device=hidden.device, dtype=hidden.dtype)
         return (steered, *output[1:]) if isinstance(output, tuple) else steered
 

@@ -14,7 +14,7 @@ import torch
 from .activations import hidden_state_indices  # noqa: F401 (its home is the files' contract)
 from .batching import left_pad
 from .memory import BatchRecord, run_with_backoff
-from .modules import residual_module, untuple_tensor
+from .modules import input_device, residual_module, untuple_tensor
 from .progress import Progress
 from .sampling import release_memory
 
@@ -23,14 +23,16 @@ from .sampling import release_memory
 def capture_residual(model, indices):
     """Record the residual stream at the given hidden-state indices during forward passes.
 
-    Yields a dict index -> (batch, seq, d) tensor of the latest pass. Handles layers that
+    Yields a dict index -> (batch, seq, d) tensor of the latest pass, on the model's input device
+    (layers of a model spread over several devices are gathered there). Handles layers that
     return a tensor or a tuple; the hooks are removed however the block exits.
     """
     captured, handles = {}, []
+    home = input_device(model)
 
     def keep(index):
         def hook(module, args, output):
-            captured[index] = untuple_tensor(output).detach()
+            captured[index] = untuple_tensor(output).detach().to(home)
 
         return hook
 
@@ -51,7 +53,7 @@ def _stack(captured, indices):
 def _trace_group(model, prompts, completions, indices, pad_id):
     from transformers import DynamicCache
 
-    device = model.device
+    device = input_device(model)
     ids, prompt_mask, positions = left_pad(prompts, pad_id, device)
     width = ids.shape[1]
     cache = DynamicCache(config=model.config)
@@ -61,7 +63,7 @@ def _trace_group(model, prompts, completions, indices, pad_id):
         prompt_states = _stack(captured, indices)
         owners = [p for p, group in enumerate(completions) for _ in group]
         flat = [c for group in completions for c in group]
-        cache.batch_select_indices(torch.tensor(owners, device=device))
+        cache.batch_select_indices(torch.tensor(owners))  # a CPU index serves cache layers on any device
         length = max(len(c) for c in flat)
         completion_ids = torch.full((len(flat), length), pad_id, dtype=torch.long)
         completion_mask = torch.zeros((len(flat), length), dtype=torch.long)

@@ -13,6 +13,7 @@ import torch
 
 from ..batching import PAD_ID, left_pad
 from ..errors import InputError
+from ..modules import input_device
 from ..prompts import encode, tokenizer_name
 
 
@@ -78,11 +79,11 @@ def truncate_completion(tokenizer, text, max_tokens, marker):
 def next_token_log_probs(model, sequences, option_ids, pad_id):
     """(len(sequences), n_options) float64 log-probabilities (full softmax) of the options as the
     next token after each sequence, in one left-padded forward pass under whatever hooks are on."""
-    ids, mask, positions = left_pad(sequences, pad_id, model.device)
+    ids, mask, positions = left_pad(sequences, pad_id, input_device(model))
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
                    logits_to_keep=1).logits[:, -1].float()
     log_probs = torch.log_softmax(logits, dim=-1)  # the full vocabulary, for this batch only
-    return log_probs[:, torch.tensor(option_ids, device=model.device)].double().cpu()
+    return log_probs[:, torch.tensor(option_ids, device=log_probs.device)].double().cpu()
 
 
 def check_context(model, tokenizer, sequences, setting: str) -> None:
