@@ -32,11 +32,14 @@ def test_prompt_set_is_four_types_of_ten_with_matching_frames(prompts):
 
 def test_default_config_is_the_embedded_small_design(prompts):
     config = validate(read_yaml(REPO / "config/config.yaml"), CONFIG_SCHEMA, "config")
-    assert {m["source"]["kind"] for m in config["models"].values()} == {"gguf_package"}
+    kinds = {name: m["source"]["kind"] for name, m in config["models"].items()}
+    assert set(kinds.values()) == {"gguf_package", "lora"}  # the embedded models and their finetuned variants
+    assert all(config["models"][name]["source"]["base"] in config["models"] for name, kind in kinds.items() if kind == "lora")
     assert {m["variant"] for m in config["models"].values()} == {"base", "instruct"}
     assert len(select_prompt_ids(config["prompts"], prompts)) == 8
     assert config["trace"]["layer_fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert config["runtime"] == {"device": "auto", "dtype": "auto", "gpu_memory_gb": 80, "gpu_weights_share": 0.6}
+    assert config["runtime"] == {"device": "auto", "dtype": "auto", "gpu_memory_gb": 80, "gpu_weights_share": 0.6,
+                                 "memory_budget_gb": None, "memory_fraction": 0.9, "progress_interval_s": 30}
 
 
 def test_seed_study_config_reproduces_the_original_design(prompts):

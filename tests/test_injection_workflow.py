@@ -139,8 +139,9 @@ def test_the_seed_study_sweep_plans_one_model_load_per_experiment_and_model(tmp_
          "--directory", str(tmp_path / "study"), "--snakefile", str(REPO / "Snakefile"),
          "--config", f"prompts={{dir: {REPO / 'resources/prompts'}}}",
          f"coding={{lexicon: {REPO / 'resources/lexicons/coding.yaml'}, labelled_examples: "
-         f"{REPO / 'resources/lexicons/labelled_examples.yaml'}}}", f"judge={{rubric: {REPO / 'resources/judge/rubric.yaml'}}}"]
-        ,
+         f"{REPO / 'resources/lexicons/labelled_examples.yaml'}}}", f"judge={{rubric: {REPO / 'resources/judge/rubric.yaml'}}}",
+         f"selfknowledge={{resources: {{questions: {REPO / 'resources/selfknowledge/questions.yaml'}, "
+         f"tasks: {REPO / 'resources/selfknowledge/tasks.yaml'}}}}}"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     jobs = planned(result)

@@ -44,6 +44,7 @@ def test_each_resource_loads_its_default_file_against_its_own_schema(key):
 def test_every_schema_the_library_names_exists():
     names = {"config", "prompt", "lexicon", "labelled_examples", "rubric", "concepts", "concepts_contrastive_pairs",
              "concepts_neutral_sentences", "injection_detection", "injection_localization",
-             "injection_thought_and_intent", "injection_grading_rubric"}
+             "injection_thought_and_intent", "injection_grading_rubric", "finetune_detection",
+             "selfknowledge_questions", "selfknowledge_tasks"}
     assert all(schema_path(name).is_file() for name in names)
     assert {p.name.removesuffix(".schema.yaml") for p in schema_path("config").parent.glob("*.schema.yaml")} == names

@@ -75,6 +75,8 @@ def test_slurm_profile_by_name_requests_each_models_gpus_for_model_rules_only(tm
     study["coding"] = {"lexicon": str(REPO / "resources/lexicons/coding.yaml"),
                        "labelled_examples": str(REPO / "resources/lexicons/labelled_examples.yaml")}
     study["judge"]["rubric"] = str(REPO / "resources/judge/rubric.yaml")
+    study["selfknowledge"]["resources"] = {name: str(REPO / f"resources/selfknowledge/{name}.yaml")
+                                           for name in ("questions", "tasks")}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(study))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),

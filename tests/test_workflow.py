@@ -199,12 +199,13 @@ def test_changing_the_lexicon_reruns_coding_and_what_follows_only(study_copy):
     lexicon = study_copy / "resources/lexicons/coding.yaml"
     lexicon.write_text(lexicon.read_text() + "# edited\n")
     assert planned_rules(snakemake(study_copy, "--dry-run")) == [
-        "agreement_statistics", *["code_keywords"] * 3, "content_statistics", "figures", "probes", "report"]
+        "agreement_statistics", *["code_keywords"] * 3, "content_statistics", "figures", "introspection_profile", "probes",
+        "report"]
 
 
 def test_forcerun_trace_reruns_tracing_and_only_what_follows_it(tiny_study):
     assert planned_rules(snakemake(tiny_study, "--dry-run", "-R", "trace")) == [
-        "embeddings", "figures", "probes", "report", *["trace"] * 3]
+        "embeddings", "figures", "introspection_profile", "probes", "report", *["trace"] * 3]
 
 
 def test_rerun_reproduces_generations_bit_for_bit(study_copy):
@@ -248,7 +249,7 @@ def test_editing_one_prompt_reruns_its_model_jobs_at_model_granularity(study_cop
     edit_prompt(study_copy, "self_reference_01")
     assert planned_rules(snakemake(study_copy, "--dry-run")) == [
         "agreement_statistics", *["code_keywords"] * 3, "content_statistics", "embeddings", "entropy_statistics",
-        "figures", *["generate"] * 3, *["judge"] * 3, "probes", "report", *["trace"] * 3]
+        "figures", *["generate"] * 3, "introspection_profile", *["judge"] * 3, "probes", "report", *["trace"] * 3]
 
 
 @pytest.mark.parametrize("granularity, jobs", [("model", 24), ("prompt", 960)])
@@ -257,7 +258,9 @@ def test_seed_study_dry_run_plans_every_output_without_loading_models(granularit
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
          "--configfile", str(REPO / "config/seed_study.yaml"), "--dry-run",
          "--config", f"jobs={{granularity: {granularity}}}", f"prompts={{dir: {REPO / 'resources/prompts'}}}", f"coding={{lexicon: {REPO / 'resources/lexicons/coding.yaml'}, labelled_examples: {REPO / 'resources/lexicons/labelled_examples.yaml'}}}",
-         f"judge={{rubric: {REPO / 'resources/judge/rubric.yaml'}}}"],
+         f"judge={{rubric: {REPO / 'resources/judge/rubric.yaml'}}}",
+         f"selfknowledge={{resources: {{questions: {REPO / 'resources/selfknowledge/questions.yaml'}, "
+         f"tasks: {REPO / 'resources/selfknowledge/tasks.yaml'}}}}}"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
