@@ -26,12 +26,7 @@ def options_frame(tokenizer, texts, answers: str, chat: bool) -> AnswerFrame:
     the model reads it and the option ids. The prefill's trailing whitespace is the separator."""
     head = texts.prefill.rstrip()
     spec = AnswerSpec(texts.path, head if chat else " " + head, texts.prefill[len(head):], texts.answers[answers])
-    try:
-        return answer_frame(tokenizer, spec)
-    except InputError as error:
-        raise InputError(f"detection data file {texts.path}: key 'answers.{answers}': the options are not one "
-                         f"token each after the prefill for tokenizer {tokenizer_name(tokenizer)} "
-                         f"({str(error).split(': ', 2)[-1]})") from None
+    return answer_frame(tokenizer, spec, source="detection data file", key=f"answers.{answers}")
 
 
 def example_ids(tokenizer, context, question: str, chat: bool, prefill: str, path) -> tuple[list, list]:

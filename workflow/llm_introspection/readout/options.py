@@ -31,7 +31,7 @@ def option_token_ids(tokenizer, options, prefill):
 
     The id is the one token that `prefill + option` has beyond the tokens of `prefill`, so a
     tokenizer's own way of joining them (" 0" as one token, or a space and "0") is what counts.
-    InputError names the judge and the option when that is not exactly one extra token.
+    InputError names the tokenizer and the option when that is not exactly one extra token.
     """
     base = encode(tokenizer, prefill)
     ids = []
@@ -40,19 +40,19 @@ def option_token_ids(tokenizer, options, prefill):
         if full[: len(base)] != base or len(full) != len(base) + 1:
             extra = full[len(base):] if full[: len(base)] == base else full
             raise InputError(
-                f"judge {tokenizer_name(tokenizer)}: answer option {option!r} after the prefill {prefill!r} "
+                f"tokenizer {tokenizer_name(tokenizer)}: answer option {option!r} after the prefill {prefill!r} "
                 f"is not exactly one token of its tokenizer (it is {tokenizer.convert_ids_to_tokens(extra)})"
             )
         ids.append(full[-1])
     if len(set(ids)) != len(ids):
-        raise InputError(f"judge {tokenizer_name(tokenizer)}: answer options {list(options)} share a token ({ids})")
+        raise InputError(f"tokenizer {tokenizer_name(tokenizer)}: answer options {list(options)} share a token ({ids})")
     return ids
 
 
-def answer_frame(tokenizer, rubric):
+def answer_frame(tokenizer, rubric, source="rubric file", key="options"):
     """Where the separator goes for this tokenizer: with the options (" 0" is one token) or at
-    the end of the prompt (a space token, then "0"); InputError when neither makes every option
-    one token."""
+    the end of the prompt (a space token, then "0"); InputError, naming `source` (the kind of
+    file), its path and `key`, when neither makes every option one token."""
     attempts = [(rubric.prefill, [rubric.separator + o for o in rubric.options])]
     if rubric.separator:
         attempts.append((rubric.prefill + rubric.separator, list(rubric.options)))
@@ -62,7 +62,8 @@ def answer_frame(tokenizer, rubric):
             return AnswerFrame(prefill, tuple(option_token_ids(tokenizer, options, prefill)))
         except InputError as error:
             errors.append(str(error))
-    raise InputError(f"rubric file {rubric.path}: key 'options': " + "; and ".join(errors))
+    raise InputError(f"{source} {rubric.path}: key '{key}': the options are not one token each after the "
+                     "prefill: " + "; and ".join(errors))
 
 
 def truncate_completion(tokenizer, text, max_tokens, marker):
