@@ -15,14 +15,10 @@ LIBRARY = REPO / "workflow/llm_introspection"
 LAZY_SUBPACKAGES = ("study", "injection", "report")
 SUBPACKAGES = (*LAZY_SUBPACKAGES, "readout")
 
-# Modules whose public functions, methods and dataclass fields are fully annotated. The other
-# modules are to follow: add a module here once its public functions carry type hints.
-ANNOTATED = (
-    "storage", "records", "batching", "modules", "weights", "models_check", "errors", "lazy",
-    "study/statistics", "study/clustered", "study/synthetic", "study/coding", "study/probing", "study/tasks",
-    "study/layers", "study/identity", "study/probe_summary", "study/analysis",
-    "injection/statistics", "injection/texts", "injection/grading", "injection/thought",
-)
+# Every module of the library (found here, so a new module is checked too): its public functions,
+# methods and dataclass fields are fully annotated.
+ANNOTATED = tuple(sorted(p.relative_to(LIBRARY).with_suffix("").as_posix() for p in LIBRARY.rglob("*.py")
+                         if p.stem != "__init__"))
 
 
 def public_definitions(path):

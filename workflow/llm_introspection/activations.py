@@ -15,6 +15,10 @@ Layout of results/activations*/{model}/{prompt}.h5 (attributes `positions` and `
                                  of the first one kept); absent with 'pooled'
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+
 import numpy as np
 
 from .storage import atomic_h5, set_attrs, versions
@@ -78,7 +82,7 @@ DESCRIPTION = (
 )
 
 
-def write_activations(path, generation: dict, record: dict, indices: list, fractions: list, reduced: dict,
+def write_activations(path: Path | str, generation: dict, record: dict, indices: list, fractions: list, reduced: dict,
                       trace: dict, batching: dict) -> None:
     """One activation file (atomic), with its provenance: the reading and the writing model, the
     prompt, the generation settings, the positions kept and the batching of the trace job."""

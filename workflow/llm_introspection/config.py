@@ -3,8 +3,11 @@
 Free of torch imports: the Snakefile imports it at parse time.
 """
 
+from __future__ import annotations
+
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import yaml
@@ -20,7 +23,7 @@ def schema_path(name: str) -> Path:
     return SCHEMA_DIR / f"{name}.schema.yaml"
 
 
-def read_yaml(path) -> object:
+def read_yaml(path: Path | str) -> object:
     """Parse a YAML file, or raise InputError naming it."""
     path = Path(path)
     try:
@@ -51,7 +54,7 @@ def _validator_with_defaults(schema):
     return extended(schema)
 
 
-def validate(data, schema, what: str):
+def validate(data: Any, schema: Path | str, what: str) -> Any:
     """Validate `data` in place (defaults filled in) against a schema file or the schema of that
     name (schema_path); raise InputError naming `what` and the key."""
     path = schema if isinstance(schema, Path) or "/" in str(schema) else schema_path(schema)
@@ -63,7 +66,7 @@ def validate(data, schema, what: str):
     return data
 
 
-def read_resource(path, schema: str, what: str) -> tuple[Path, dict, str]:
+def read_resource(path: Path | str, schema: str, what: str) -> tuple[Path, dict, str]:
     """A resource file validated against its own schema: its path, data and sha256."""
     path = Path(path)
     data = validate(read_yaml(path), schema, f"{what} {path}")

@@ -4,9 +4,13 @@ Each job loads its model once and serves every prompt it was given in batches; e
 file is per (model, prompt) and written atomically with its provenance.
 """
 
+from __future__ import annotations
+
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,6 +34,9 @@ from .study.rubric import load_rubric
 from .tracing import hidden_state_indices, trace_prompts
 from .weights import add_difference_sized_noise
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 # runtime keys a job reads from the config rather than its params: they change no output but their
 # provenance record (the batch plan), so changing them reruns nothing.
 PLANNING_KEYS = ("memory_budget_gb", "memory_fraction", "progress_interval_s")
@@ -38,7 +45,7 @@ PLAN_DEFAULTS = {"tokens_per_s": 2000.0, "trace_tokens_per_s": 20000.0, "referen
 transformers_logging.disable_progress_bar()  # job logs stay readable
 
 
-def log(message):
+def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
@@ -56,7 +63,7 @@ def job_settings(params_runtime: dict, config: dict) -> tuple[dict, dict]:
     return {k: v for k, v in runtime.items() if v is not None}, config.get("plan", {})
 
 
-def plan_batch(model, record: dict, runtime: dict, configured: int, per_sequence: int) -> BatchRecord:
+def plan_batch(model: PreTrainedModel, record: dict, runtime: dict, configured: int, per_sequence: int) -> BatchRecord:
     """The batch plan of a job: the free memory after loading on a GPU, runtime.memory_budget_gb
     minus the weights on the CPU (no plan without it)."""
     fraction = runtime.get("memory_fraction", 0.9)
@@ -95,7 +102,7 @@ def _compare(what, plan: BatchRecord, record, progress: Progress, projected_toke
         "on CUDA only)")
 
 
-def open_model(manifest_path, runtime, threads):
+def open_model(manifest_path: Path | str, runtime: dict, threads: int) -> tuple[PreTrainedModel, dict, dict, float]:
     """Load a prepared model as the runtime config says; return it, its manifest, the model
     record every output carries and the load time."""
     torch.set_num_threads(threads)
@@ -120,7 +127,8 @@ def open_model(manifest_path, runtime, threads):
     return model, manifest, record, load_s
 
 
-def run_generate(manifest_path, prompt_paths, generation_paths, entropy_paths, study, settings, threads):
+def run_generate(manifest_path: Path | str, prompt_paths: Sequence[Path | str], generation_paths: Sequence[Path | str],
+                 entropy_paths: Sequence[Path | str], study: str, settings: dict, threads: int) -> None:
     """Sample settings['generation']['reps'] completions of every prompt; write one JSON and one
     entropy HDF5 per prompt (the lists of paths are parallel). A completion of a base frame ends
     before the first line that starts with one of the frame's end labels (stop_reason frame_end)."""
@@ -247,13 +255,15 @@ def _trace_generations(model, record, generation_paths, activation_paths, settin
                           {"positions": positions, "last_k": last_k}, plan.as_dict())
 
 
-def run_trace(manifest_path, generation_paths, activation_paths, settings, threads):
+def run_trace(manifest_path: Path | str, generation_paths: Sequence[Path | str], activation_paths: Sequence[Path | str],
+              settings: dict, threads: int) -> None:
     """Teacher-force every rep of every prompt and store the residual stream per prompt."""
     model, _, record, _ = open_model(manifest_path, settings["runtime"], threads)
     _trace_generations(model, record, generation_paths, activation_paths, settings)
 
 
-def run_trace_cross(manifest_path, generation_paths, activation_paths, settings, threads):
+def run_trace_cross(manifest_path: Path | str, generation_paths: Sequence[Path | str],
+                    activation_paths: Sequence[Path | str], settings: dict, threads: int) -> None:
     """The identical-text condition: this model teacher-forced on its pair partner's generations
     (prompt and completion token ids as the partner saw and wrote them)."""
     model, _, record, _ = open_model(manifest_path, settings["runtime"], threads)
@@ -263,7 +273,9 @@ def run_trace_cross(manifest_path, generation_paths, activation_paths, settings,
     _trace_generations(model, record, generation_paths, activation_paths, settings)
 
 
-def run_trace_noise(manifest_path, partner_manifest_path, generation_paths, activation_paths, settings, threads):
+def run_trace_noise(manifest_path: Path | str, partner_manifest_path: Path | str,
+                    generation_paths: Sequence[Path | str], activation_paths: Sequence[Path | str], settings: dict,
+                    threads: int) -> None:
     """The weight-difference calibration: the base model, with Gaussian noise added to every
     weight tensor of the norm of its difference from the instruct partner, teacher-forced on the
     base model's own generations."""
@@ -278,7 +290,8 @@ def run_trace_noise(manifest_path, partner_manifest_path, generation_paths, acti
     _trace_generations(model, record, generation_paths, activation_paths, settings)
 
 
-def run_judge(manifest_path, generation_paths, prompt_paths, rubric_path, output_path, settings, threads):
+def run_judge(manifest_path: Path | str, generation_paths: Sequence[Path | str], prompt_paths: Sequence[Path | str],
+              rubric_path: Path | str, output_path: Path | str, settings: dict, threads: int) -> None:
     """Rate every completion of one model with the judge model: one row per completion, per
     dimension the option probabilities' expected level, argmax and option mass."""
     judge_settings = settings["judge"]
@@ -301,8 +314,9 @@ def run_judge(manifest_path, generation_paths, prompt_paths, rubric_path, output
     write_csv(output_path, table)
 
 
-def run_prepare_model(name, spec, manifest_path, shared_manifest_paths=(), base_manifest_path=None,
-                      adapter_dir=None):
+def run_prepare_model(name: str, spec: dict, manifest_path: Path | str,
+                      shared_manifest_paths: Sequence[Path | str] = (), base_manifest_path: Path | str | None = None,
+                      adapter_dir: Path | str | None = None) -> None:
     """prepare_model: build or locate the weights and write the manifest; a twin of the
     shared-frame condition (one `shared_manifest_paths`) reuses its original's weights; a LoRA
     variant (`base_manifest_path`, `adapter_dir`) its base model's, with the adapter's hash."""

@@ -5,10 +5,13 @@ a safetensors directory; `prepare_lora` makes a LoRA variant's manifest from its
 `load_model` loads any manifest onto a device in a dtype (a LoRA adapter merged in).
 """
 
+from __future__ import annotations
+
 import hashlib
 import importlib
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,16 +20,19 @@ from .models_check import package_locations, packaged_file
 from .placement import load_placement
 from .storage import atomic_path, read_json, remove_stale_temporaries, versions
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def describe_source(source):
+def describe_source(source: dict) -> str:
     """A one-line description of a source, for messages."""
     details = {k: v for k, v in source.items() if k not in ("kind", "config")}
     return f"{source['kind']} " + " ".join(f"{k}={v}" for k, v in details.items())
 
 
-def resolve_device(name):
+def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -34,7 +40,7 @@ def resolve_device(name):
     return name
 
 
-def resolve_dtype(name, device):
+def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return _DTYPES[name]
@@ -108,7 +114,7 @@ def _download_hf(source):
     return path, path.name
 
 
-def prepare_model(name, spec, out_dir):
+def prepare_model(name: str, spec: dict, out_dir: Path | str) -> dict:
     """Make a model loadable fast and return its manifest (written by the caller).
 
     GGUF and tiny random sources become a safetensors directory `out_dir/weights`; Hub
@@ -168,7 +174,7 @@ def prepare_model(name, spec, out_dir):
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def adapter_sha256(adapter_dir) -> str:
+def adapter_sha256(adapter_dir: Path | str) -> str:
     """sha256 of a LoRA adapter directory's config and weights (ADAPTER_FILES, in order)."""
     digest = hashlib.sha256()
     for name in ADAPTER_FILES:
@@ -180,7 +186,7 @@ def adapter_sha256(adapter_dir) -> str:
     return digest.hexdigest()
 
 
-def prepare_lora(name: str, spec: dict, base: dict, adapter_dir) -> dict:
+def prepare_lora(name: str, spec: dict, base: dict, adapter_dir: Path | str) -> dict:
     """The manifest of a `lora` source: its base model's manifest (`base`, whose weights it loads
     and whose trust_remote_code applies) plus the adapter (path as given, sha256, LoRA settings).
     The revision names both: '<base revision>+lora-sha256:<adapter hash>'."""
@@ -234,7 +240,8 @@ def visible_gpu_memory() -> list[int]:
     return [torch.cuda.mem_get_info(index)[0] for index in range(torch.cuda.device_count())]
 
 
-def load_model(manifest, device, dtype, gpus=1, placement=None):
+def load_model(manifest: dict, device: str, dtype: torch.dtype, gpus: int = 1,
+               placement: dict | None = None) -> PreTrainedModel:
     """Load a prepared model in eval mode, on `device`, in `dtype`; over `gpus` GPUs when more
     than one (placement.load_placement). `placement` replaces the computed from_pretrained
     placement arguments (device_map, max_memory, offload_folder), e.g. to offload layers."""
@@ -251,7 +258,7 @@ def load_model(manifest, device, dtype, gpus=1, placement=None):
     return model.eval()
 
 
-def load_tokenizer(manifest):
+def load_tokenizer(manifest: dict) -> PreTrainedTokenizerBase:
     """Load a prepared model's tokenizer; one without a pad token pads with eos."""
     from transformers import AutoTokenizer
 

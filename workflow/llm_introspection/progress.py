@@ -4,6 +4,8 @@ A job that samples or traces for an hour writes a line at least every `interval_
 batch, the step of the batch's maximum, the live sequences, tokens/s and an ETA). Torch-free.
 """
 
+from __future__ import annotations
+
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ class Progress:
     steps."""
 
     def __init__(self, what: str, total: int, interval_s: float = 30.0, log: Callable[[str], None] = _log,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.what, self.total, self.interval_s, self.log, self.clock = what, total, interval_s, log, clock
         self.started = self.last = clock()
         self.done = self.tokens = self.batch_index = self.batch_size = 0

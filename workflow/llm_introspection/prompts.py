@@ -10,11 +10,18 @@ the model sees it. A judge or grader reads as an assistant: through its chat tem
 whenever its tokenizer has one (`framed_ids`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config import read_yaml, validate
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Chat templates that print a date (Llama 3) read `date_string`; without it they call strftime_now.
 TEMPLATE_DATE = "26 Jul 2024"
@@ -33,7 +40,7 @@ class Prompt:
     base_end_labels: tuple[str, ...] = ()  # a line starting with one of these ends the base answer
 
 
-def load_prompt(path) -> Prompt:
+def load_prompt(path: Path | str) -> Prompt:
     """Read and validate one prompt file; its id must match the file name."""
     path = Path(path)
     data = validate(read_yaml(path), "prompt", f"prompt file {path}")
@@ -46,7 +53,7 @@ def load_prompt(path) -> Prompt:
     return Prompt(**data | {"base_end_labels": tuple(data["base_end_labels"])})
 
 
-def load_prompt_set(prompt_dir) -> dict[str, Prompt]:
+def load_prompt_set(prompt_dir: Path | str) -> dict[str, Prompt]:
     """All prompts of a directory, by id."""
     paths = sorted(Path(prompt_dir).glob("*.yaml"))
     if not paths:
@@ -54,7 +61,7 @@ def load_prompt_set(prompt_dir) -> dict[str, Prompt]:
     return {prompt.id: prompt for prompt in (load_prompt(p) for p in paths)}
 
 
-def select_prompt_ids(prompt_config, prompts):
+def select_prompt_ids(prompt_config: Mapping[str, Any], prompts: Mapping[str, Prompt]) -> list[str]:
     """The design's prompt ids: explicit `ids`, else the first `per_type` of each type."""
     ids = prompt_config.get("ids")
     if ids:
@@ -73,7 +80,7 @@ def select_prompt_ids(prompt_config, prompts):
     return selected
 
 
-def uses_chat_template(variant, frame):
+def uses_chat_template(variant: str, frame: str) -> bool:
     """Instruct models in their native frame get the chat template; everything else the base frame."""
     return variant == "instruct" and frame == "native"
 
@@ -84,7 +91,8 @@ def answer_end_labels(prompt: Prompt, variant: str, frame: str) -> tuple[str, ..
     return () if uses_chat_template(variant, frame) else prompt.base_end_labels
 
 
-def render_prompt(prompt, tokenizer, variant, frame, model_name):
+def render_prompt(prompt: Prompt, tokenizer: PreTrainedTokenizerBase, variant: str, frame: str,
+                  model_name: str) -> tuple[str, list[int]]:
     """The exact text the model sees and its token ids."""
     if uses_chat_template(variant, frame):
         if not tokenizer.chat_template:
@@ -100,18 +108,18 @@ def render_prompt(prompt, tokenizer, variant, frame, model_name):
     return text, list(token_ids)
 
 
-def tokenizer_name(tokenizer) -> str:
+def tokenizer_name(tokenizer: PreTrainedTokenizerBase) -> str:
     """A tokenizer's name for messages: where it was loaded from."""
     return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
 
 
-def chat_text(tokenizer, messages: list[dict]) -> str:
+def chat_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
     """`messages` through the tokenizer's chat template, up to where the assistant's answer starts."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                          date_string=TEMPLATE_DATE)
 
 
-def render_conversation(tokenizer, messages: list[str], chat: bool) -> str:
+def render_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[str], chat: bool) -> str:
     """The text of a conversation (user and assistant messages alternating, the user's first and
     last) up to where the assistant's answer starts: through the chat template, or as a plain
     transcript ("User: ...", "Assistant: ...")."""
@@ -124,7 +132,7 @@ def render_conversation(tokenizer, messages: list[str], chat: bool) -> str:
     return chat_text(tokenizer, [{"role": r, "content": t} for r, t in zip(roles, messages)])
 
 
-def render_turns(tokenizer, messages: list[str], chat: bool) -> str:
+def render_turns(tokenizer: PreTrainedTokenizerBase, messages: list[str], chat: bool) -> str:
     """The text of complete turns (user and assistant messages alternating, the user's first),
     without the start of a next answer: the prefix that render_conversation of these turns and a
     further user message starts with (the steered first turn of the detection data)."""
@@ -135,7 +143,7 @@ def render_turns(tokenizer, messages: list[str], chat: bool) -> str:
                                          tokenize=False, add_generation_prompt=False, date_string=TEMPLATE_DATE)
 
 
-def encode(tokenizer, text: str) -> list[int]:
+def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of `text`, without the tokenizer's special tokens."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -155,7 +163,7 @@ def _framed_head(tokenizer, system, user):
     return (f"{system}\n\n{user}\n\n" if system else f"{user}\n\n"), True
 
 
-def framed_ids(tokenizer, system: str, user: str, prefill: str) -> list[int]:
+def framed_ids(tokenizer: PreTrainedTokenizerBase, system: str, user: str, prefill: str) -> list[int]:
     """Token ids of a one-turn prompt answered with `prefill`: through the chat template when the
     tokenizer has one (system message, user message, then the assistant turn), else as plain text
     (system text, user message, prefill). The prefill is tokenized alone, exactly as

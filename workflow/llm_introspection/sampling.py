@@ -12,8 +12,11 @@ Entropies and log-probabilities are taken from the same logits at the same step,
 full-vocabulary logits are kept and none are computed twice.
 """
 
-from collections.abc import Callable, Sequence
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +26,9 @@ from .errors import InputError
 from .memory import BatchRecord, run_with_backoff
 from .progress import Progress
 from .modules import input_device
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # The nucleus is searched among this many top tokens first; a full sort only when it is wider.
 _NUCLEUS_CANDIDATES = 1024
@@ -43,7 +49,7 @@ class SamplingParams:
 STAT_NAMES = ("entropy_t1", "entropy_sampling", "topk_mass", "logprob_t1", "logprob_sampling")
 
 
-def check_context(model, name: str, prompt_lengths: dict[str, int], max_new_tokens: int) -> None:
+def check_context(model: PreTrainedModel, name: str, prompt_lengths: dict[str, int], max_new_tokens: int) -> None:
     """Raise InputError, naming the model, the prompts and the lengths, when a prompt and the
     tokens asked for do not fit the model's context (max_position_embeddings)."""
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
@@ -69,7 +75,7 @@ class Completion:
     stats: np.ndarray  # (len(token_ids), len(STAT_NAMES)) float32, columns as STAT_NAMES
 
 
-def sampling_distribution(logits, temperature, top_p):
+def sampling_distribution(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The distribution tokens are drawn from, as (probs, token_ids), both (batch, k).
 
     probs are renormalised over the nucleus and zero outside it. Temperature 0 is greedy:
@@ -91,14 +97,15 @@ def sampling_distribution(logits, temperature, top_p):
     return kept / kept.sum(-1, keepdim=True), token_ids
 
 
-def draw(probs, uniforms):
+def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw: for each row, the column where the cumulative mass first exceeds u."""
     cdf = probs.cumsum(-1)
     targets = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
     return torch.searchsorted(cdf, targets, right=True).clamp(max=cdf.shape[-1] - 1)
 
 
-def token_statistics(logits, probs, column, chosen, top_k):
+def token_statistics(logits: torch.Tensor, probs: torch.Tensor, column: torch.Tensor, chosen: torch.Tensor,
+                     top_k: int) -> torch.Tensor:
     """STAT_NAMES for each row: the T=1 distribution of `logits`, the sampling distribution
     `probs` and the token `chosen` (at `column` of probs)."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
@@ -110,7 +117,8 @@ def token_statistics(logits, probs, column, chosen, top_k):
     return torch.stack([entropy_t1, entropy_sampling, topk_mass, logprob_t1, logprob_sampling], dim=1)
 
 
-def sample_step(logits, uniforms, params, top_k):
+def sample_step(logits: torch.Tensor, uniforms: torch.Tensor, params: SamplingParams,
+                top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row and its statistics."""
     chunk = logits.shape[0] if logits.is_cuda else _CPU_ROWS_PER_CHUNK
     chosen, stats = [], []
@@ -125,7 +133,7 @@ def sample_step(logits, uniforms, params, top_k):
     return torch.cat(chosen), torch.cat(stats)
 
 
-def noise_streams(seeds, steps):
+def noise_streams(seeds: Iterable[int], steps: int) -> torch.Tensor:
     """One row of uniforms per seed, each from its own generator."""
     return torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds])
 
@@ -222,9 +230,11 @@ def _sample_batch(model, prompts, seeds, params, eos_ids, pad_id, top_k, end_lab
 COMPACT_BELOW = 0.75
 
 
-def sample_completions(model, prompts, seeds, params, eos_ids, pad_id, batch_size, top_k, end_labels=None,
-                       decode=None, record: BatchRecord | None = None, progress: Progress | None = None,
-                       compact: float | None = None):
+def sample_completions(model: PreTrainedModel, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
+                       params: SamplingParams, eos_ids: Iterable[int], pad_id: int, batch_size: int, top_k: int,
+                       end_labels: Sequence[Sequence[str]] | None = None, decode: Callable | None = None,
+                       record: BatchRecord | None = None, progress: Progress | None = None,
+                       compact: float | None = None) -> list[Completion]:
     """Sample one completion per (prompt token ids, seed), batch_size sequences at a time (or
     record.start, when a memory plan is given: an out-of-memory error then halves the batch, and
     record notes it); `top_k` is the k of the top-k mass statistic. `end_labels` (one tuple per
@@ -252,7 +262,7 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def eos_token_ids(model, tokenizer):
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """Every id that ends a completion: the tokenizer's eos and the generation config's."""
     ids = {tokenizer.eos_token_id}
     configured = model.generation_config.eos_token_id

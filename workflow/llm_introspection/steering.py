@@ -8,13 +8,21 @@ decoder call: the 2D attention mask when there is one (our sampler; HF `generate
 else the position ids (`generate` without padding), else the cache length (plain `model(...)`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .modules import residual_module, untuple_tensor
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -31,21 +39,21 @@ class Positions:
             object.__setattr__(self, "end", _row_values(self.end))
 
     @classmethod
-    def onward(cls, start):
+    def onward(cls, start: int | Sequence[int]) -> Positions:
         """From `start` on: the rest of the prompt and every generated token."""
         return cls(start)
 
     @classmethod
-    def span(cls, start, end):
+    def span(cls, start: int | Sequence[int], end: int | Sequence[int]) -> Positions:
         """Only [start, end): tokens generated later are left alone."""
         return cls(start, end)
 
     @classmethod
-    def nowhere(cls):
+    def nowhere(cls) -> Positions:
         """No position (control trials): the hook runs as in a steered trial and adds nothing."""
         return cls(0, 0)
 
-    def select(self, positions):
+    def select(self, positions: torch.Tensor) -> torch.Tensor:
         """Boolean (batch, seq): which of the absolute positions (batch, seq; -1 = padding) to steer."""
         selected = positions >= _row_column(self.start, positions)
         if self.end is not None:
@@ -69,7 +77,7 @@ def _row_column(value, positions):
     return column
 
 
-def call_positions(args, kwargs):
+def call_positions(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> torch.Tensor:
     """Absolute positions (batch, seq) of the new tokens of one decoder call; -1 marks padding."""
     tokens = kwargs.get("input_ids", args[0] if args else None)
     if tokens is None:
@@ -88,7 +96,8 @@ def call_positions(args, kwargs):
 
 
 @contextmanager
-def steer(model, index, vector, strength, where):
+def steer(model: PreTrainedModel, index: int, vector: torch.Tensor | np.ndarray, strength: ArrayLike,
+          where: Positions) -> Iterator[None]:
     """Add strength × vector to hidden state `index` at the Positions `where`, in every forward
     pass inside the block.
 
@@ -126,13 +135,13 @@ def steer(model, index, vector, strength, where):
             handle.remove()
 
 
-def relative_strength(fraction, vector, mean_norm):
+def relative_strength(fraction: float, vector: ArrayLike, mean_norm: float) -> float:
     """The absolute strength at which strength × vector has norm fraction × mean_norm (a layer's
     mean residual norm, from concepts.mean_residual_norm)."""
     return fraction * mean_norm / float(np.linalg.norm(np.asarray(vector, dtype=np.float64)))
 
 
-def token_span(offsets, start, end):
+def token_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
     """The token positions [first, last + 1) whose characters overlap text[start:end], from a
     tokenizer's offset mapping of that text (special tokens have empty offsets and never count).
     Turns a sentence found in a rendered prompt into the Positions.span that steers it."""

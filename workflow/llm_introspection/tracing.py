@@ -5,9 +5,12 @@ input of block 0) and h >= 1 the output of block h - 1, read before the final no
 decoder trunk runs: no logits are computed (entropies come from generation, see sampling).
 """
 
+from __future__ import annotations
+
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,9 +21,12 @@ from .modules import input_device, residual_module, untuple_tensor
 from .progress import Progress
 from .sampling import release_memory
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 @contextmanager
-def capture_residual(model, indices):
+def capture_residual(model: PreTrainedModel, indices: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Record the residual stream at the given hidden-state indices during forward passes.
 
     Yields a dict index -> (batch, seq, d) tensor of the latest pass, on the model's input device
@@ -87,8 +93,10 @@ def _trace_group(model, prompts, completions, indices, pad_id):
     return traced
 
 
-def trace_prompts(model, prompts, completions, indices, batch_size, pad_id, record: BatchRecord | None = None,
-                  progress: Progress | None = None, keep: Callable | None = None):
+def trace_prompts(model: PreTrainedModel, prompts: Sequence[Sequence[int]],
+                  completions: Sequence[Sequence[Sequence[int]]], indices: Sequence[int], batch_size: int,
+                  pad_id: int, record: BatchRecord | None = None,
+                  progress: Progress | None = None, keep: Callable | None = None) -> list[Any]:
     """Residual stream at `indices` of every prompt and of each of its completions, teacher-forced.
 
     `completions[p]` lists the completion ids of prompt p. The completions, in order, are traced
