@@ -6,7 +6,11 @@ of the answer options; the full-vocabulary logits live for that batch only. The 
 every injection experiment and the self-knowledge evaluations read their answers here.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +19,13 @@ from ..batching import PAD_ID, left_pad
 from ..errors import InputError
 from ..modules import input_device
 from ..prompts import encode, tokenizer_name
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ..injection.texts import AnswerSpec
+    from ..study.rubric import RubricText
 
 
 @dataclass(frozen=True)
@@ -26,7 +37,7 @@ class AnswerFrame:
     option_ids: tuple
 
 
-def option_token_ids(tokenizer, options, prefill):
+def option_token_ids(tokenizer: PreTrainedTokenizerBase, options: Sequence[str], prefill: str) -> list[int]:
     """The token id of each option as the next token right after `prefill`.
 
     The id is the one token that `prefill + option` has beyond the tokens of `prefill`, so a
@@ -49,7 +60,8 @@ def option_token_ids(tokenizer, options, prefill):
     return ids
 
 
-def answer_frame(tokenizer, rubric, source="rubric file", key="options"):
+def answer_frame(tokenizer: PreTrainedTokenizerBase, rubric: RubricText | AnswerSpec, source: str = "rubric file",
+                 key: str = "options") -> AnswerFrame:
     """Where the separator goes for this tokenizer: with the options (" 0" is one token) or at
     the end of the prompt (a space token, then "0"); InputError, naming `source` (the kind of
     file), its path and `key`, when neither makes every option one token."""
@@ -66,7 +78,8 @@ def answer_frame(tokenizer, rubric, source="rubric file", key="options"):
                      "prefill: " + "; and ".join(errors))
 
 
-def truncate_completion(tokenizer, text, max_tokens, marker):
+def truncate_completion(tokenizer: PreTrainedTokenizerBase, text: str | None, max_tokens: int,
+                        marker: str) -> tuple[str, bool]:
     """The first `max_tokens` tokens of `text` (plus `marker` when cut) and whether it was cut."""
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise InputError(f"judge max_completion_tokens must be a positive integer, got {max_tokens!r}")
@@ -77,7 +90,8 @@ def truncate_completion(tokenizer, text, max_tokens, marker):
     return tokenizer.decode(ids[:max_tokens]) + marker, True
 
 
-def next_token_log_probs(model, sequences, option_ids, pad_id):
+def next_token_log_probs(model: PreTrainedModel, sequences: Sequence[Sequence[int]], option_ids: Sequence[int],
+                         pad_id: int) -> torch.Tensor:
     """(len(sequences), n_options) float64 log-probabilities (full softmax) of the options as the
     next token after each sequence, in one left-padded forward pass under whatever hooks are on."""
     ids, mask, positions = left_pad(sequences, pad_id, input_device(model))
@@ -87,7 +101,8 @@ def next_token_log_probs(model, sequences, option_ids, pad_id):
     return log_probs[:, torch.tensor(option_ids, device=log_probs.device)].double().cpu()
 
 
-def check_context(model, tokenizer, sequences, setting: str) -> None:
+def check_context(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sequences: Sequence[Sequence[int]],
+                  setting: str) -> None:
     """InputError naming the model and `setting` (the knob that shortens the prompts) when a
     sequence is longer than the model's context."""
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -98,7 +113,8 @@ def check_context(model, tokenizer, sequences, setting: str) -> None:
 
 
 @torch.inference_mode()
-def option_log_probs(model, tokenizer, sequences, option_ids, batch_size, setting):
+def option_log_probs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sequences: Sequence[Sequence[int]],
+                     option_ids: Sequence[int], batch_size: int, setting: str) -> torch.Tensor:
     """(len(sequences), n_options) float64 log-probabilities of the options as the next token,
     batched longest first, one full pass per sequence; InputError as check_context says."""
     check_context(model, tokenizer, sequences, setting)
@@ -112,7 +128,7 @@ def option_log_probs(model, tokenizer, sequences, option_ids, batch_size, settin
     return out
 
 
-def option_answers(log_probs):
+def option_answers(log_probs: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """From option log-probabilities (n, k): the probabilities renormalised over the options, the
     index of the most probable option and the options' total mass under the full softmax."""
     log_probs = np.asarray(log_probs, dtype=np.float64)
@@ -121,7 +137,7 @@ def option_answers(log_probs):
     return shifted / shifted.sum(-1, keepdims=True), log_probs.argmax(-1), mass
 
 
-def first_token_ids(tokenizer, prefill, words):
+def first_token_ids(tokenizer: PreTrainedTokenizerBase, prefill: str, words: Iterable[str]) -> list[int]:
     """Per word, the id of the first token of " word" right after `prefill`; InputError when the
     prefill's own tokens change."""
     base = encode(tokenizer, prefill)

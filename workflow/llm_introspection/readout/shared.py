@@ -21,14 +21,20 @@ model whose padded rows could outgrow its window runs rows of equal length toget
 window counts cache slots, padding included).
 """
 
+from __future__ import annotations
+
 import copy
 from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..batching import PAD_ID
 from .steered import Trial, _steering
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def common_prefix(sequences: Sequence[Sequence[int]]) -> int:
@@ -100,7 +106,7 @@ def _chunks(items, size, length, uniform):
 
 
 @torch.inference_mode()
-def shared_prefix_options(model, layer: int | None, trials: Sequence[Trial], keys: Sequence[Hashable],
+def shared_prefix_options(model: PreTrainedModel, layer: int | None, trials: Sequence[Trial], keys: Sequence[Hashable],
                           option_ids: Sequence[int], batch_size: int) -> np.ndarray:
     """(len(trials), len(option_ids)) float64: log-probabilities (full softmax) of the option tokens
     as the next token after each trial's ids, each trial steered at hidden state `layer` as it says

@@ -5,7 +5,11 @@ batch of trials runs as one left-padded pass (or one sampled generation) with ea
 its trial says, a control row adding nothing.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +19,11 @@ from ..steering import Positions, steer
 from ..sampling import sample_completions
 from ..tracing import capture_residual
 from .options import next_token_log_probs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from ..sampling import Completion, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,8 @@ def _steering(model, layer, trials):
 
 
 @torch.inference_mode()
-def read_options(model, layer, trials, option_ids, batch_size):
+def read_options(model: PreTrainedModel, layer: int, trials: Sequence[Trial], option_ids: Sequence[int],
+                 batch_size: int) -> np.ndarray:
     """(len(trials), len(option_ids)) float64: log-probabilities (full softmax) of the option tokens
     as the next token after each trial's ids, every trial steered at hidden state `layer` as it says."""
     out = np.empty((len(trials), len(option_ids)))
@@ -53,7 +63,8 @@ def read_options(model, layer, trials, option_ids, batch_size):
     return out
 
 
-def sample_trials(model, layer, trials, seeds, params, eos_ids, batch_size):
+def sample_trials(model: PreTrainedModel, layer: int, trials: Sequence[Trial], seeds: Sequence[int],
+                  params: SamplingParams, eos_ids: Iterable[int], batch_size: int) -> list[Completion]:
     """One sampled completion (sampling.Completion) per trial and seed, each trial steered as it
     says (ends None: injection runs on through the generated tokens)."""
     completions = []
@@ -66,7 +77,8 @@ def sample_trials(model, layer, trials, seeds, params, eos_ids, batch_size):
 
 
 @torch.inference_mode()
-def read_continuations(model, layer, trials, lengths, batch_size):
+def read_continuations(model: PreTrainedModel, layer: int, trials: Sequence[Trial], lengths: Sequence[int],
+                       batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per trial, for each of its last `length` tokens (a teacher-forced answer): the token's
     log-probability given what precedes it and whether it is the most probable token, every trial
     steered as it says. A list of ((length,) float64, (length,) bool) pairs."""
@@ -87,7 +99,8 @@ def read_continuations(model, layer, trials, lengths, batch_size):
 
 
 @torch.inference_mode()
-def continuation_cosines(model, layer, sequences, lengths, vectors, batch_size):
+def continuation_cosines(model: PreTrainedModel, layer: int, sequences: Sequence[Sequence[int]], lengths: Sequence[int],
+                         vectors: Sequence[np.ndarray] | np.ndarray, batch_size: int) -> np.ndarray:
     """(len(sequences),) float64: the mean over each sequence's last `length` tokens of the cosine
     similarity between hidden state `layer` and the sequence's vector (unsteered)."""
     out = np.empty(len(sequences))

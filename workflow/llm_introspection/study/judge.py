@@ -12,6 +12,11 @@ judge prompts share the system message and the instructions: those prefixes run 
 key/value cache is shared (readout.shared); `share_prefix=False` runs one full pass per prompt.
 """
 
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import torch
 
@@ -21,6 +26,11 @@ from ..readout.options import answer_frame, check_context, option_log_probs, tru
 from ..readout.shared import shared_prefix_options
 from ..readout.steered import Trial
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .rubric import Rubric
+
 COLUMNS = ("item", "dimension", "p0", "p1", "p2", "p3", "expected", "argmax", "option_mass", "truncated",
            "judge_prompt_tokens")
 
@@ -29,7 +39,7 @@ def _options_text(options):
     return ", ".join(options[:-1]) + " or " + options[-1]
 
 
-def render_user_message(rubric, dimension, completion_text, prompt_text):
+def render_user_message(rubric: Rubric, dimension: str, completion_text: str, prompt_text: str | None) -> str:
     """The user message for one dimension (the completion already truncated)."""
     if dimension not in rubric.dimensions:
         raise InputError(f"rubric file {rubric.path}: no dimension {dimension!r} (it has {list(rubric.dimensions)})")
@@ -46,7 +56,8 @@ def _judge_ids(tokenizer, rubric, frame, dimension, completion_text, prompt_text
     return framed_ids(tokenizer, rubric.system, user, frame.prefill)
 
 
-def build_judge_prompt(tokenizer, rubric, dimension, completion_text, prompt_text, max_completion_tokens):
+def build_judge_prompt(tokenizer: PreTrainedTokenizerBase, rubric: Rubric, dimension: str, completion_text: str,
+                       prompt_text: str | None, max_completion_tokens: int) -> tuple[list[int], bool]:
     """Token ids of the judge prompt for one completion and dimension, and whether the completion
     was truncated to `max_completion_tokens` tokens (its beginning is kept).
 
@@ -59,8 +70,10 @@ def build_judge_prompt(tokenizer, rubric, dimension, completion_text, prompt_tex
     return _judge_ids(tokenizer, rubric, frame, dimension, completion, prompt_text), truncated
 
 
-def score_completions(model, tokenizer, items, rubric, max_completion_tokens=512, batch_size=16, dimensions=None,
-                      share_prefix=True):
+def score_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                      items: Iterable[tuple[str | None, str]], rubric: Rubric, max_completion_tokens: int = 512,
+                      batch_size: int = 16, dimensions: Collection[str] | None = None,
+                      share_prefix: bool = True) -> pd.DataFrame:
     """Judge every (prompt_text, completion_text) of `items` on every rubric dimension (or on
     those named in `dimensions`).
 

@@ -3,9 +3,13 @@
 Free of torch: the workflow validates every configured rubric when it is parsed.
 """
 
+from __future__ import annotations
+
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import read_resource
 from ..errors import InputError
@@ -41,7 +45,7 @@ class RubricText:
     truncation_marker: str
 
 
-def rubric_text_fields(path, data, sha256):
+def rubric_text_fields(path: Path, data: Mapping[str, Any], sha256: str) -> dict[str, Any]:
     """The RubricText fields of a validated rubric file's data, by name."""
     return dict(path=path, version=data["version"], sha256=sha256, system=data["system"],
                 instructions=data["instructions"], user_template=data["user_template"], prefill=data["prefill"],
@@ -54,7 +58,7 @@ class Rubric(RubricText):
     dimensions: dict  # name -> Dimension, in DIMENSIONS order
 
 
-def load_rubric(path) -> Rubric:
+def load_rubric(path: Path | str) -> Rubric:
     """Read and validate a rubric file; InputError names the file and the key at fault."""
     path, data, sha256 = read_resource(path, "rubric", "rubric file")
     fields = {name for _, name, _, _ in string.Formatter().parse(data["user_template"]) if name is not None}
