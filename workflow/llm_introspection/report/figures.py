@@ -4,6 +4,12 @@ Each function takes the tables it plots and the output path; error bars are 95% 
 bootstrap CIs over completions (seeded), as in the statistics files.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
@@ -40,7 +46,8 @@ def _long_scores(table, columns, names):
     return long.assign(dimension=long["dimension"].map(dict(zip(columns, names))))
 
 
-def score_bars(table, columns, names, title, path, seed):
+def score_bars(table: pd.DataFrame, columns: Sequence[str], names: Sequence[str], title: str, path: Path | str,
+               seed: int) -> None:
     """Mean score per model and prompt type, one panel per dimension, with bootstrap CIs."""
     long = _long_scores(table, columns, names)
     grid = sns.catplot(
@@ -55,7 +62,7 @@ def score_bars(table, columns, names, title, path, seed):
     _save(grid.figure, path)
 
 
-def entropy_profiles(profiles, path):
+def entropy_profiles(profiles: pd.DataFrame, path: Path | str) -> None:
     """Mean token entropy by position, per model (hue) and prompt type (panel), at T=1 and of the
     sampling distribution (rows)."""
     long = profiles.melt(
@@ -71,7 +78,7 @@ def entropy_profiles(profiles, path):
     _save(grid.figure, path)
 
 
-def first_token_entropy(statistics, path):
+def first_token_entropy(statistics: pd.DataFrame, path: Path | str) -> None:
     """First-token entropy per model and prompt type (once per prompt), mean and bootstrap CI."""
     rows = statistics[(statistics["comparison"] == "descriptive")
                       & statistics["dimension"].isin(["first_token_entropy_t1", "first_token_entropy_sampling"])]
@@ -91,7 +98,7 @@ def first_token_entropy(statistics, path):
     _save(figure, path)
 
 
-def probe_accuracy(probes, path):
+def probe_accuracy(probes: pd.DataFrame, path: Path | str) -> None:
     """Probe accuracy by layer depth for every estimable task and subset, with its shuffled-label
     control (dashed) and train-fold majority baseline (dotted)."""
     rows = probes[probes["estimable"].astype(bool)]
@@ -110,7 +117,7 @@ def probe_accuracy(probes, path):
     _save(figure, path)
 
 
-def activation_embeddings(embeddings, path):
+def activation_embeddings(embeddings: pd.DataFrame, path: Path | str) -> None:
     """PCA and UMAP of mid-layer activations: one row per (layout, method), coloured by variant,
     family and prompt type."""
     panels = list(embeddings.groupby(["layout", "method"], sort=True))
@@ -124,7 +131,7 @@ def activation_embeddings(embeddings, path):
     _save(figure, path)
 
 
-def agreement_matrix(coded, judged, dimensions, path):
+def agreement_matrix(coded: pd.DataFrame, judged: pd.DataFrame, dimensions: Sequence[str], path: Path | str) -> None:
     """Keyword level (rows) against the judge's argmax level (columns), counts per dimension."""
     both = coded.merge(judged, on=["model", "prompt_id", "rep"], suffixes=("", "_judge"))
     figure, axes = plt.subplots(1, len(dimensions), figsize=(4 * len(dimensions), 3.4), squeeze=False)
@@ -145,7 +152,7 @@ def _headline_rows(experiment, table):
     return table[table["measure"] == headline.measure], table[table["measure"] == headline.control]
 
 
-def injection_sweep(tables, path):
+def injection_sweep(tables: Mapping[str, pd.DataFrame], path: Path | str) -> None:
     """Each experiment's headline rate by strength (Wilson CI), one line per layer (and question,
     for localization); the control as a dashed line; chance dotted where there is one."""
     figure, axes = plt.subplots(1, len(tables), figsize=(4.6 * len(tables), 3.6), squeeze=False)
@@ -168,7 +175,7 @@ def injection_sweep(tables, path):
     _save(figure, path)
 
 
-def injection_heatmaps(tables, path):
+def injection_heatmaps(tables: Mapping[str, pd.DataFrame], path: Path | str) -> None:
     """The headline estimate over layer x strength, one panel per (experiment, model); for
     localization the introspection question's accuracy is shown per question as rows."""
     panels = []
@@ -186,7 +193,7 @@ def injection_heatmaps(tables, path):
     _save(figure, path)
 
 
-def localization_answers(answers, path):
+def localization_answers(answers: pd.DataFrame, path: Path | str) -> None:
     """Share of each answer (1..N) per injected position, per question, at every (layer, strength)
     cell: the diagonal is a correct answer, a column that is dark everywhere is a position bias."""
     injected = answers[answers["kind"] == "injected"]
@@ -202,7 +209,7 @@ def localization_answers(answers, path):
     _save(figure, path)
 
 
-def run_injection_figures(inputs, outputs):
+def run_injection_figures(inputs: Mapping[str, Path | str], outputs: Mapping[str, Path | str]) -> None:
     """The injection figures from the injection_*.csv tables (`inputs`: experiment -> path)."""
     tables = {experiment: read_csv(path) for experiment, path in inputs.items() if experiment in EXPERIMENTS}
     injection_sweep(tables, outputs["injection_sweep"])
@@ -211,7 +218,7 @@ def run_injection_figures(inputs, outputs):
         localization_answers(read_csv(inputs["localization_answers"]), outputs["localization_answers"])
 
 
-def run_figures(inputs, outputs, seed):
+def run_figures(inputs: Mapping[str, Any], outputs: Mapping[str, Path | str], seed: int) -> None:
     """Every figure of the report from the analysis files (`inputs`) to the PNG paths (`outputs`)."""
     coded = pd.concat([read_csv(p) for p in inputs["coding"]], ignore_index=True)
     judged = pd.concat([read_csv(p) for p in inputs["judge"]], ignore_index=True)
@@ -225,7 +232,7 @@ def run_figures(inputs, outputs, seed):
     activation_embeddings(read_csv(inputs["embeddings"]), outputs["activation_embeddings"])
 
 
-def selfknowledge_shifts(table, path):
+def selfknowledge_shifts(table: pd.DataFrame, path: Path | str) -> None:
     """answer_shift: per answer pair, P(A) per category (per model), or its shift against the base
     (per comparison when there is one), with 95% bootstrap CIs over questions."""
     shifted = table[table["comparison"] != "per_model"]
@@ -251,7 +258,7 @@ def selfknowledge_shifts(table, path):
     _save(figure, path)
 
 
-def selfknowledge_calibration(table, path):
+def selfknowledge_calibration(table: pd.DataFrame, path: Path | str) -> None:
     """calibration: KL(model || verbal report), top-5 overlap and top-1 match per model, with
     95% bootstrap CIs over prompts."""
     rows = table[table["comparison"] == "per_model"]
@@ -266,7 +273,7 @@ def selfknowledge_calibration(table, path):
     _save(figure, path)
 
 
-def run_selfknowledge_figures(inputs, outputs):
+def run_selfknowledge_figures(inputs: Mapping[str, Path | str], outputs: Mapping[str, Path | str]) -> None:
     """The self-knowledge figures from the selfknowledge_*.csv tables (`inputs`: evaluation -> path)."""
     if "selfknowledge_shifts" in outputs:
         selfknowledge_shifts(read_csv(inputs["answer_shift"]).fillna({"subset": ""}), outputs["selfknowledge_shifts"])

@@ -1,8 +1,12 @@
 """results/report.md: the design, every headline number with its CI and control, the figures,
 and the caveats the data demand, written from the workflow's own output files."""
 
+from __future__ import annotations
+
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -34,7 +38,7 @@ def _interval(mean, low, high, digits=2):
     return f"{mean:.{digits}f} [{_number(low, digits)}, {_number(high, digits)}]"
 
 
-def markdown_table(frame):
+def markdown_table(frame: pd.DataFrame) -> str:
     """A DataFrame as a GitHub-flavoured markdown table (cells as given, floats rounded)."""
     cells = frame.map(lambda v: _number(v, 3) if isinstance(v, float) else str(v))
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
@@ -91,7 +95,7 @@ def _headlines(content):
             "condition over the dimension x prompt-type comparisons.\n\n" + markdown_table(table))
 
 
-def interval_table(described, measures, names):
+def interval_table(described: pd.DataFrame, measures: Sequence[str], names: Sequence[str]) -> str:
     """Descriptive rows (model, prompt_type, dimension, mean_a with CI) as one row per model and
     prompt type, one 'mean [low, high]' column per measure."""
     cells = described.assign(cell=[_interval(r.mean_a, r.mean_a_low, r.mean_a_high) for r in described.itertuples()])
@@ -198,7 +202,8 @@ def _mixed_effects(mixed):
     return markdown_table(pd.DataFrame(rows)) if rows else "No mixed-effects model was estimable (see below)."
 
 
-def caveats(models, coded, judged, content, settings):
+def caveats(models: Sequence[Mapping[str, Any]], coded: pd.DataFrame, judged: pd.DataFrame, content: pd.DataFrame,
+            settings: Mapping[str, Any]) -> list[str]:
     """The caveats this run's data demand, as sentences."""
     found = []
     if not (content["comparison"].eq("instruct_vs_base") & (content["n_a"] > 0)).any():
@@ -300,7 +305,7 @@ def _injection(summary, settings, figures):
     return sections
 
 
-def run_report(inputs, output_path, settings):
+def run_report(inputs: Mapping[str, Any], output_path: Path | str, settings: Mapping[str, Any]) -> None:
     """Write the markdown report from the workflow's files (`inputs`: named paths/lists)."""
     models = [read_json(path)["model"] for path in inputs["generations"]]
     coded = pd.concat([read_csv(p) for p in inputs["coding"]], ignore_index=True)

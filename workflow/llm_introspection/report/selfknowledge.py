@@ -2,6 +2,10 @@
 evaluation table of headline measures with CIs over items and Holm-adjusted p, the figures, and
 the profile with its rank correlations."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 import pandas as pd
 
 from ..storage import read_csv, read_json
@@ -44,7 +48,8 @@ def headline_table(tables: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["model / variant", "evaluation"], kind="stable")
 
 
-def selfknowledge_section(inputs: dict, settings: dict, markdown_table, figure) -> list[str]:
+def selfknowledge_section(inputs: dict, settings: dict, markdown_table: Callable[[pd.DataFrame], str],
+                          figure: Callable[[str, str], str]) -> list[str]:
     """The self-knowledge section of the report."""
     summary = read_json(inputs["selfknowledge"])
     tables = {e: read_csv(inputs[f"selfknowledge_{e}"]) for e in settings["evaluations"]}
@@ -72,7 +77,7 @@ def selfknowledge_section(inputs: dict, settings: dict, markdown_table, figure) 
     return sections
 
 
-def profile_section(inputs: dict, markdown_table) -> list[str]:
+def profile_section(inputs: dict, markdown_table: Callable[[pd.DataFrame], str]) -> list[str]:
     """The introspection profile and its rank correlations."""
     profile = read_csv(inputs["profile"])
     correlations = read_csv(inputs["correlations"])
