@@ -7,8 +7,12 @@ Strength is relative: every injected vector gets norm strength x the layer's mea
 (steering.relative_strength); the records carry it and the absolute multiplier.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +22,7 @@ from ..storage import versions, write_json
 from .concepts import VectorSet, concept_like_random_vectors, load_vectors
 
 
-def concept_word(name):
+def concept_word(name: str) -> str:
     """The word a concept vector stands for, as the model would write it inside a sentence."""
     return name.replace("_", " ").lower()
 
@@ -35,10 +39,10 @@ class Cell:
     mean_norm: float  # the layer's mean residual norm (concepts.mean_residual_norm)
 
     @property
-    def layer(self):
+    def layer(self) -> int:
         return int(self.vectors.attrs["layer"])
 
-    def concepts(self, names=None):
+    def concepts(self, names: Iterable[str] | None = None) -> tuple[str, ...]:
         """The named concepts (all of the file's when None), each checked to be in the file."""
         if names is None:
             return self.vectors.names
@@ -47,12 +51,12 @@ class Cell:
             raise InputError(f"{self.vector_path}: no vector for {', '.join(map(repr, unknown))}")
         return tuple(names)
 
-    def injection(self, name):
+    def injection(self, name: str) -> tuple[np.ndarray, float]:
         """The vector of `name` and the absolute strength that gives it the cell's norm."""
         vector = self.vectors.vector(name)
         return vector, relative_strength(self.strength, vector, self.mean_norm)
 
-    def random_injections(self, names, seed) -> list[tuple[np.ndarray, float]]:
+    def random_injections(self, names: Iterable[str], seed: int) -> list[tuple[np.ndarray, float]]:
         """Per name, a concept-like random vector with the norm of that concept's vector
         (concepts.concept_like_random_vectors from the file's baseline vectors, seeded) and the
         absolute strength that gives it the cell's norm; InputError when the file has no baseline
@@ -64,19 +68,19 @@ class Cell:
         vectors = concept_like_random_vectors(self.vectors.baseline, norms, seed)
         return [(v, relative_strength(self.strength, v, self.mean_norm)) for v in vectors]
 
-    def columns(self, experiment):
+    def columns(self, experiment: str) -> dict[str, Any]:
         """The columns every record of this cell carries."""
         return {"experiment": experiment, "model": self.model, "layer": self.layer,
                 "vector_method": self.vectors.attrs["method"], "strength_relative": self.strength,
                 "mean_norm": self.mean_norm}
 
-    def provenance(self):
+    def provenance(self) -> dict[str, Any]:
         """What a record file says about the vectors."""
         keep = {k: v for k, v in self.vectors.attrs.items() if k not in ("names", "description")}
         return {"path": str(self.vector_path), **keep}
 
 
-def open_cell(vector_path, model, chat, strength, mean_norm):
+def open_cell(vector_path: Path | str, model: str, chat: bool, strength: float, mean_norm: float) -> Cell:
     """Read the concept vector file of one (model, layer) for a cell at relative `strength`;
     InputError names the file when it was made for another model or holds a zero vector."""
     vectors = load_vectors(vector_path)
@@ -91,7 +95,7 @@ def open_cell(vector_path, model, chat, strength, mean_norm):
     return Cell(model, chat, vectors, Path(vector_path), float(strength), float(mean_norm))
 
 
-def write_records(path, records, **provenance):
+def write_records(path: Path | str, records: Sequence[dict[str, Any]], **provenance: Any) -> None:
     """Write one cell's records as JSON, atomically, with the provenance given (e.g. model=the
     model record, vectors=cell.provenance(), texts=provenance(texts), settings=...) and the
     package versions."""

@@ -17,9 +17,13 @@ steering hooks active around these calls act on them. Vectors of one (model, lay
 in one HDF5 file with their provenance.
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,10 +34,15 @@ from ..prompts import Prompt, render_prompt
 from ..storage import atomic_h5, open_h5, set_attrs, versions
 from ..tracing import capture_residual
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 METHODS = ("mean_subtraction", "contrastive", "random")
 # --- prompts ------------------------------------------------------------------------------------
 
-def concept_prompt_ids(words, template, tokenizer, variant, frame, model_name):
+def concept_prompt_ids(words: Iterable[str], template: str, tokenizer: PreTrainedTokenizerBase, variant: str,
+                       frame: str, model_name: str) -> list[list[int]]:
     """Token ids of the request `template` for each word, rendered for this model."""
     ids = []
     for word in words:
@@ -43,7 +52,7 @@ def concept_prompt_ids(words, template, tokenizer, variant, frame, model_name):
     return ids
 
 
-def sentence_ids(sentences, tokenizer):
+def sentence_ids(sentences: Iterable[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
     """Token ids of sentences as plain text (with the special tokens the tokenizer adds)."""
     return [list(tokenizer(sentence)["input_ids"]) for sentence in sentences]
 
@@ -62,13 +71,15 @@ def _residual_batches(model, indices, prompts, batch_size):
         yield torch.stack([captured[i] for i in indices], dim=1).float(), mask.bool() & (positions > 0)
 
 
-def last_token_activations(model, indices, prompts, batch_size):
+def last_token_activations(model: PreTrainedModel, indices: Sequence[int], prompts: Sequence[Sequence[int]],
+                           batch_size: int) -> np.ndarray:
     """(len(prompts), len(indices), d) float64: the residual stream at each prompt's last token."""
     rows = [states[:, :, -1].cpu() for states, _ in _residual_batches(model, indices, prompts, batch_size)]
     return torch.cat(rows).double().numpy()
 
 
-def mean_token_activations(model, indices, prompts, batch_size):
+def mean_token_activations(model: PreTrainedModel, indices: Sequence[int], prompts: Sequence[Sequence[int]],
+                           batch_size: int) -> np.ndarray:
     """(len(prompts), len(indices), d) float64: the residual stream averaged over each prompt's
     tokens, position 0 (the attention sink) excluded."""
     if any(len(p) < 2 for p in prompts):
@@ -80,7 +91,8 @@ def mean_token_activations(model, indices, prompts, batch_size):
     return torch.cat(rows).double().numpy()
 
 
-def mean_residual_norms(model, indices, prompts, batch_size) -> list[float]:
+def mean_residual_norms(model: PreTrainedModel, indices: Sequence[int], prompts: Sequence[Sequence[int]],
+                        batch_size: int) -> list[float]:
     """Per hidden-state index, the mean L2 norm of that state over all tokens of the prompts, each
     prompt's position 0 (the attention sink, norm far above the rest) excluded; one pass for all."""
     totals, count = [0.0] * len(indices), 0
@@ -93,12 +105,14 @@ def mean_residual_norms(model, indices, prompts, batch_size) -> list[float]:
     return [t / count for t in totals]
 
 
-def mean_residual_norm(model, index, prompts, batch_size):
+def mean_residual_norm(model: PreTrainedModel, index: int, prompts: Sequence[Sequence[int]], batch_size: int) -> float:
     """The mean residual norm (mean_residual_norms) of one hidden-state index."""
     return mean_residual_norms(model, [index], prompts, batch_size)[0]
 
 
-def mean_subtraction_vectors(model, indices, concept_prompts, baseline_prompts, batch_size):
+def mean_subtraction_vectors(model: PreTrainedModel, indices: Sequence[int], concept_prompts: Sequence[Sequence[int]],
+                             baseline_prompts: Sequence[Sequence[int]],
+                             batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(n_concepts, len(indices), d): last-token activation of each concept prompt minus the mean
     over the baseline prompts; and (n_baseline, len(indices), d): the same for each baseline
     prompt (its activation minus the baseline mean), the material of concept-like random vectors."""
@@ -108,7 +122,8 @@ def mean_subtraction_vectors(model, indices, concept_prompts, baseline_prompts, 
     return (concepts - mean).astype(np.float32), (baseline - mean).astype(np.float32)
 
 
-def contrastive_vectors(model, indices, specific_prompts, generic_prompts, batch_size):
+def contrastive_vectors(model: PreTrainedModel, indices: Sequence[int], specific_prompts: Sequence[Sequence[int]],
+                        generic_prompts: Sequence[Sequence[int]], batch_size: int) -> np.ndarray:
     """(n_pairs, len(indices), d): token-mean activation of each specific sentence minus that of
     its generic sentence."""
     specific = mean_token_activations(model, indices, specific_prompts, batch_size)
@@ -116,7 +131,7 @@ def contrastive_vectors(model, indices, specific_prompts, generic_prompts, batch
     return (specific - generic).astype(np.float32)
 
 
-def matched_random_vectors(vectors, seed):
+def matched_random_vectors(vectors: ArrayLike, seed: int) -> np.ndarray:
     """Gaussian random directions of the same shape as `vectors`, each scaled to the norm of its
     counterpart (norms along the last axis); the same seed gives the same vectors."""
     vectors = np.asarray(vectors, dtype=np.float64)
@@ -125,7 +140,7 @@ def matched_random_vectors(vectors, seed):
     return (directions * scale).astype(np.float32)
 
 
-def concept_like_random_vectors(baseline: np.ndarray, norms, seed) -> np.ndarray:
+def concept_like_random_vectors(baseline: np.ndarray, norms: Sequence[float], seed: int) -> np.ndarray:
     """(len(norms), d) float32: random vectors that look like concept vectors. Each is a Gaussian
     combination of the baseline words' vectors (rows of `baseline`, each a word's activation minus
     the baseline mean, built as a concept vector is), so it is a draw from a Gaussian with the
@@ -149,11 +164,12 @@ class VectorSet:
     attrs: dict
     baseline: np.ndarray | None = None  # (n_baseline, d) float32: the baseline words' vectors (mean subtraction)
 
-    def vector(self, name):
+    def vector(self, name: str) -> np.ndarray:
         return self.vectors[self.names.index(name)]
 
 
-def save_vectors(path, vectors, names, *, model, layer, method, seed=None, baseline=None, **provenance):
+def save_vectors(path: Path | str, vectors: ArrayLike, names: Sequence[str], *, model: str | dict, layer: int,
+                 method: str, seed: int | None = None, baseline: ArrayLike | None = None, **provenance: Any) -> None:
     """Write vectors (len(names), d) of one model and hidden-state index `layer` to an HDF5 file,
     atomically, with model, layer, method, names, seed, the given provenance and package versions;
     and `baseline` (n, d), the baseline words' vectors, when given."""
@@ -193,7 +209,7 @@ def _decoded(value):
     return value
 
 
-def load_vectors(path):
+def load_vectors(path: Path | str) -> VectorSet:
     """Read a file written by save_vectors."""
     path = Path(path)
     with open_h5(path) as h5:

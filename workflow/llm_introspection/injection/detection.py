@@ -3,6 +3,12 @@ it name it? The logit metric, sampled answers (graded by injection.grading) and 
 identification. The logit metric and forced identification run over input variants, so each
 unsteered control is its own forward pass on its own input, never one pass counted n times."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from ..errors import InputError
@@ -12,18 +18,26 @@ from ..sampling import eos_token_ids
 from .cell import concept_word
 from .inputs import answer_start, detection_prompt, leak_prompt, option_frame
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ..sampling import SamplingParams
+    from .cell import Cell
+    from .texts import DetectionTexts
+
 WORDINGS = "question + paraphrases"  # the key of texts.wordings, as errors name it
 
 
-def variants(items: tuple, n: int, key: str, path) -> tuple:
+def variants(items: tuple, n: int, key: str, path: Path | str) -> tuple:
     """The first n items of a resource list; InputError naming the file and key when it has fewer."""
     if n > len(items):
         raise InputError(f"{path}: key '{key}' holds {len(items)} variants, fewer than injection.n_variants = {n}")
     return items[:n]
 
 
-def run_detection_logits(model, tokenizer, cell, texts, n_variants=10, min_option_mass=0.1, seed=0, batch_size=8,
-                         concepts=None):
+def run_detection_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cell: Cell, texts: DetectionTexts,
+                         n_variants: int = 10, min_option_mass: float = 0.1, seed: int = 0, batch_size: int = 8,
+                         concepts: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Detection by the logit metric: P(yes) against P(no) as the next token after the prefilled
     answer start, each trial one forward pass, over the first n_variants wordings of the question
     (texts.wordings). Per wording (variant v): one injected trial per concept (from the question's
@@ -72,7 +86,9 @@ def run_detection_logits(model, tokenizer, cell, texts, n_variants=10, min_optio
     return records
 
 
-def run_detection_responses(model, tokenizer, cell, texts, params, samples=1, seed=0, batch_size=8, concepts=None):
+def run_detection_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cell: Cell,
+                            texts: DetectionTexts, params: SamplingParams, samples: int = 1, seed: int = 0,
+                            batch_size: int = 8, concepts: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Sampled answers to the detection question (sampling.SamplingParams `params`): `samples`
     injected trials per concept (from the question's first token on, through every generated
     token) and as many control trials, so half of the trials are injected, as the preamble says.
@@ -95,7 +111,9 @@ def run_detection_responses(model, tokenizer, cell, texts, params, samples=1, se
     } for (name, s), seed_, trial, c in zip(rows, seeds, trials, completions)]
 
 
-def run_forced_identification(model, tokenizer, cell, texts, n_variants=10, batch_size=8, concepts=None):
+def run_forced_identification(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cell: Cell,
+                              texts: DetectionTexts, n_variants: int = 10, batch_size: int = 8,
+                              concepts: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Forced identification: after a prefill that ends where a word follows, the first token of
     " word" (concept_word, lower case) of every concept of the vector file is a candidate. Two
     questions, each over n_variants inputs (variant v), every trial one forward pass:
@@ -134,7 +152,7 @@ def run_forced_identification(model, tokenizer, cell, texts, n_variants=10, batc
     return records
 
 
-def ranking(log_probs, name, candidates, option_ids):
+def ranking(log_probs: np.ndarray, name: str, candidates: Sequence[str], option_ids: Sequence[int]) -> dict[str, Any]:
     """The record fields of one candidate readout (see run_forced_identification)."""
     own = candidates.index(name)
     rank = 1 + int((np.delete(log_probs, own) >= log_probs[own]).sum())

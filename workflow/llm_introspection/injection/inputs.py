@@ -3,20 +3,31 @@ ids, and the token span of each marked string, found from the tokenizer's charac
 the rendered text (steering.token_span), so a sentence can be steered on exactly its tokens.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..prompts import encode, render_conversation, tokenizer_name
 from ..readout.options import answer_frame
 from ..steering import token_span
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-def answer_start(prefill, chat):
+    from ..readout.options import AnswerFrame
+    from .texts import AnswerSpec, DetectionTexts, LocalizationTexts
+
+
+def answer_start(prefill: str, chat: bool) -> str:
     """A prefill as it follows the rendered prompt: after a space in the plain transcript."""
     return prefill if chat else " " + prefill
 
 
-def option_frame(tokenizer, spec, chat):
+def option_frame(tokenizer: PreTrainedTokenizerBase, spec: AnswerSpec, chat: bool) -> AnswerFrame:
     """judge.answer_frame for the options of `spec` after its prefill as it follows a rendered prompt."""
     return answer_frame(tokenizer, replace(spec, prefill=answer_start(spec.prefill, chat)))
 
@@ -37,7 +48,8 @@ def _encode_marked(tokenizer, text, chat, marks, path):
     return list(encoded["input_ids"]), spans
 
 
-def conversation_ids(tokenizer, messages, chat, marks, prefill, path):
+def conversation_ids(tokenizer: PreTrainedTokenizerBase, messages: list[str], chat: bool, marks: Sequence[str],
+                     prefill: str, path: Path | str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of a conversation with `prefill` (as answer_start gives it) after it, and the
     token span [start, end) of each marked string, in order of appearance."""
     head = render_conversation(tokenizer, messages, chat)
@@ -45,7 +57,8 @@ def conversation_ids(tokenizer, messages, chat, marks, prefill, path):
     return ids + encode(tokenizer, prefill), spans
 
 
-def detection_prompt(tokenizer, texts, chat, prefill="", question=None):
+def detection_prompt(tokenizer: PreTrainedTokenizerBase, texts: DetectionTexts, chat: bool, prefill: str = "",
+                     question: str | None = None) -> tuple[list[int], int]:
     """Token ids of a detection trial asking `question` (the file's question when None), with
     `prefill` (as answer_start gives it) after the prompt, and the position of the question's
     first token, where injection starts."""
@@ -55,14 +68,16 @@ def detection_prompt(tokenizer, texts, chat, prefill="", question=None):
     return ids, start
 
 
-def leak_prompt(tokenizer, texts, request: str, chat: bool, prefill: str) -> tuple[list[int], int]:
+def leak_prompt(tokenizer: PreTrainedTokenizerBase, texts: DetectionTexts, request: str, chat: bool,
+                prefill: str) -> tuple[list[int], int]:
     """Token ids of a leak trial: one user turn, `request`, then `prefill` (as answer_start gives
     it); injection starts at the request's first token, position `start`."""
     ids, [(start, _)] = conversation_ids(tokenizer, [request], chat, [request], prefill, texts.path)
     return ids, start
 
 
-def localization_prompt(tokenizer, texts, sentences, question, chat, prefill):
+def localization_prompt(tokenizer: PreTrainedTokenizerBase, texts: LocalizationTexts, sentences: Sequence[str],
+                        question: str, chat: bool, prefill: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of a localization trial (the preamble and its acknowledgement when the texts have
     one, then the sentences and the question; `prefill` as answer_start gives it, after the prompt)
     and the token span [start, end) of each sentence (its words, not its label)."""

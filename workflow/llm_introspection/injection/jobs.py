@@ -7,8 +7,13 @@ layer of one model (with each layer's mean residual norm), all layers captured i
 sweep jobs compute only the cells that are missing or stale (injection.sweep).
 """
 
+from __future__ import annotations
+
 import time
+from collections.abc import Sequence
 from importlib import import_module
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,12 +36,13 @@ from .sweep import fingerprint, is_current, keep_finished, release_finished
 NORM_SENTENCES = 32  # sentences of the neutral pool that measure a layer's mean residual norm
 
 
-def load_resource(resources: dict, key: str):
+def load_resource(resources: dict, key: str) -> Any:
     """The loaded, validated texts of config key injection.resources.<key>."""
     return getattr(texts, RESOURCES[key])(resources[key])
 
 
-def run_concept_vectors(manifest_path, layer_fractions, vector_paths, settings, resources, runtime, threads):
+def run_concept_vectors(manifest_path: Path | str, layer_fractions: Sequence[float], vector_paths: Sequence[Path | str],
+                        settings: dict, resources: dict, runtime: dict, threads: int) -> None:
     """concept_vectors: the vector file of each layer fraction (vector_paths parallel to
     layer_fractions), all layers captured in the same passes: the first n_concepts concepts'
     mean-subtraction vectors (and every baseline word's, for concept-like random vectors), or the
@@ -74,7 +80,8 @@ def run_concept_vectors(manifest_path, layer_fractions, vector_paths, settings, 
         f"{time.perf_counter() - started:.1f} s")
 
 
-def run_inject(manifest_path, experiment, cells, settings, resources, runtime, threads):
+def run_inject(manifest_path: Path | str, experiment: str, cells: Sequence[tuple[Path | str, float, Path | str]],
+               settings: dict, resources: dict, runtime: dict, threads: int) -> None:
     """inject: one experiment of the registry on every cell of its sweep for one model, the model
     loaded once. `cells` lists (vector_path, strength, output_path); a cell whose file holds the
     fingerprint this run would write is skipped (sweep.is_current), every other is computed and
@@ -115,7 +122,8 @@ def run_inject(manifest_path, experiment, cells, settings, resources, runtime, t
     release_finished([output for _, _, output in cells])
 
 
-def run_grade_injection(judge_manifest_path, cells, settings, resources, runtime, threads):
+def run_grade_injection(judge_manifest_path: Path | str, cells: Sequence[tuple[Path | str, Path | str]], settings: dict,
+                        resources: dict, runtime: dict, threads: int) -> None:
     """grade_injection: the judge model's verdicts on the sampled detection responses of every cell
     of one model's sweep, the judge loaded once. `cells` lists (responses_path, output_path); a
     current cell (sweep.is_current) is skipped."""

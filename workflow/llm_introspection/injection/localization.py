@@ -3,6 +3,11 @@ digit tokens after the question's prefill, against control questions, a norm-mat
 vector and no injection. The key/value cache of the prefix a trial's rows share (up to the first
 sentence) and of the preamble every trial shares is computed once (readout.shared)."""
 
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from ..errors import InputError
@@ -14,9 +19,17 @@ from .concepts import matched_random_vectors
 from .inputs import option_frame, localization_prompt
 from .texts import AnswerSpec
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def run_localization(model, tokenizer, cell, texts, sentences, n_trials, seed=0, batch_size=8, n_sentences=None,
-                     concepts=None, questions=None, share_prefix=True):
+    from .cell import Cell
+    from .texts import LocalizationTexts
+
+
+def run_localization(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cell: Cell, texts: LocalizationTexts,
+                     sentences: Sequence[str], n_trials: int, seed: int = 0, batch_size: int = 8,
+                     n_sentences: int | None = None, concepts: Sequence[str] | None = None,
+                     questions: Collection[str] | None = None, share_prefix: bool = True) -> list[dict[str, Any]]:
     """Localization: trial t shows n_sentences sentences drawn from the pool `sentences` (seeded)
     and injects the vector of concept t mod len(concepts) on the tokens of sentence k, for every k
     and every question; the same with a random vector of the same norm (seeded by (seed, t)); and

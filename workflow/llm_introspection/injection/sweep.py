@@ -10,11 +10,15 @@ or response file, resource files) and the package's source. A finished cell is a
 back the finished cells whose fingerprint still matches; a successful job removes its copies.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import shutil
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from ..storage import atomic_path, read_json
 
@@ -39,12 +43,12 @@ def source_digest() -> str:
     return digest.hexdigest()
 
 
-def file_digest(path) -> str:
+def file_digest(path: Path | str) -> str:
     """sha256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def fingerprint(inputs: dict, **parts) -> str:
+def fingerprint(inputs: dict, **parts: Any) -> str:
     """The fingerprint of one cell: sha256 of its parts (JSON, keys sorted), the digests of its
     input files (name -> path) and the package's source digest."""
     data = {"parts": parts, "inputs": {name: file_digest(path) for name, path in sorted(inputs.items())},
@@ -52,7 +56,7 @@ def fingerprint(inputs: dict, **parts) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def finished_path(path) -> Path:
+def finished_path(path: Path | str) -> Path:
     """Where a finished cell is kept beside its output: <folder>/.finished/<name>."""
     path = Path(path)
     return path.parent / FINISHED / path.name
@@ -65,7 +69,7 @@ def _stored_fingerprint(path: Path) -> str | None:
         return None
 
 
-def is_current(path, expected: str) -> bool:
+def is_current(path: Path | str, expected: str) -> bool:
     """Whether the cell file at `path` holds fingerprint `expected`; a missing or stale one is taken
     back from its finished copy when that holds it (a failed job's cleanup removed or restored it)."""
     path = Path(path)
@@ -79,7 +83,7 @@ def is_current(path, expected: str) -> bool:
     return False
 
 
-def keep_finished(path) -> None:
+def keep_finished(path: Path | str) -> None:
     """Copy a just-written cell under '.finished/' (atomically), so that a failure of the job loses
     it not. A copy, not a link: Snakemake restores a failed job's updated outputs by writing the
     backup into the file, which would reach a link's content too."""
@@ -89,7 +93,7 @@ def keep_finished(path) -> None:
         shutil.copyfile(path, tmp)
 
 
-def release_finished(paths) -> None:
+def release_finished(paths: Iterable[Path | str]) -> None:
     """Remove the finished links of a job's cells once the job has succeeded."""
     for path in paths:
         finished_path(path).unlink(missing_ok=True)
