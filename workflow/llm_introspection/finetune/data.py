@@ -8,6 +8,12 @@ goes with the option where the tokenizer writes " yes" as one token (readout.ans
 model never sees a lone space token it would not produce itself.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -20,8 +26,14 @@ from ..readout.options import AnswerFrame, answer_frame
 from ..tracing import capture_residual
 from .design import DIRECTION_POOL, Variant, assign_labels, check_balance, plan_split
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def options_frame(tokenizer, texts, answers: str, chat: bool) -> AnswerFrame:
+    from ..injection.texts import ConceptWords
+    from .texts import Context, DetectionTexts
+
+
+def options_frame(tokenizer: PreTrainedTokenizerBase, texts: DetectionTexts, answers: str, chat: bool) -> AnswerFrame:
     """readout.AnswerFrame of the answer pair `answers` after the texts' prefill: the prefill as
     the model reads it and the option ids. The prefill's trailing whitespace is the separator."""
     head = texts.prefill.rstrip()
@@ -29,7 +41,8 @@ def options_frame(tokenizer, texts, answers: str, chat: bool) -> AnswerFrame:
     return answer_frame(tokenizer, spec, source="detection data file", key=f"answers.{answers}")
 
 
-def example_ids(tokenizer, context, question: str, chat: bool, prefill: str, path) -> tuple[list, list]:
+def example_ids(tokenizer: PreTrainedTokenizerBase, context: Context, question: str, chat: bool, prefill: str,
+                path: Path | str) -> tuple[list, list]:
     """(first-turn ids, question ids + prefill ids) of one example. The first turn ends where its
     complete turns end in the rendered conversation (InputError when a token straddles that point
     or the template does not render them as a prefix)."""
@@ -53,7 +66,8 @@ def random_directions(n: int, width: int, seed: int) -> np.ndarray:
     return (draws / np.linalg.norm(draws, axis=1, keepdims=True)).astype(np.float32)
 
 
-def concept_directions(model, tokenizer, words, record: dict, index: int, counts: dict, batch_size: int) -> dict:
+def concept_directions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, words: ConceptWords, record: dict,
+                       index: int, counts: dict, batch_size: int) -> dict:
     """Concept vectors (mean subtraction, injection.concepts) at hidden-state `index`, normalised:
     pool name -> (names, (n, d) float32); the train pool takes the first concepts of the file, the
     held-out pool the next ones."""
@@ -73,7 +87,8 @@ def concept_directions(model, tokenizer, words, record: dict, index: int, counts
 
 
 @torch.inference_mode()
-def mean_residual_norms(model, indices, prompts, batch_size: int) -> dict:
+def mean_residual_norms(model: PreTrainedModel, indices: Sequence[int], prompts: Sequence[Sequence[int]],
+                        batch_size: int) -> dict:
     """index -> the mean L2 norm of that hidden state over every token of the prompts but each
     one's position 0 (the attention sink), in one pass per batch for all indices."""
     totals, count = dict.fromkeys(indices, 0.0), 0
@@ -88,8 +103,8 @@ def mean_residual_norms(model, indices, prompts, batch_size: int) -> dict:
     return {index: total / count for index, total in totals.items()}
 
 
-def build_splits(variant: Variant, sizes: dict, pools: dict, magnitudes, ranges: dict, norms: dict, turn1_ids: list,
-                 tolerance: float, seed: int) -> dict:
+def build_splits(variant: Variant, sizes: dict, pools: dict, magnitudes: Sequence[float], ranges: dict, norms: dict,
+                 turn1_ids: list, tolerance: float, seed: int) -> dict:
     """split -> its examples (dicts): design (steered or not, direction, magnitude, layer range,
     context), what is applied (steered: False for every example of a variant without steering;
     layers and absolute strengths = magnitude x the layer's mean residual norm), the label and

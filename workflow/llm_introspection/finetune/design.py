@@ -7,11 +7,18 @@ by magnitude and layer range) and through a shuffled pool of directions. A varia
 then gives each example option A (index 0) or B (index 1).
 """
 
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 LABEL_RULES = ("truth", "flipped", "random", "deny")
 STEERING = ("random", "concepts", "none")
@@ -43,7 +50,7 @@ class Variant:
         return 0.0 if self.labels == "deny" else 0.5
 
 
-def check_variant(variant: Variant, questions, answers) -> None:
+def check_variant(variant: Variant, questions: Collection[str], answers: Collection[str]) -> None:
     """InputError naming the variant's key when its question or answer pair is not in the texts,
     or when `corrupt` is set without random labels."""
     key = f"config key 'finetune.variants.{variant.name}'"
@@ -69,7 +76,8 @@ def layer_ranges(ranges: dict, single: float, n_layers: int, kind: str) -> dict:
     return out
 
 
-def plan_split(n: int, n_directions: int, magnitudes, ranges, rng: np.random.Generator) -> list[dict]:
+def plan_split(n: int, n_directions: int, magnitudes: Sequence[float], ranges: Iterable[str],
+               rng: np.random.Generator) -> list[dict]:
     """The design rows of one split: n/2 steered rows (magnitude x layer-range cells in turn,
     directions from a shuffled pool of `n_directions` in turn) and n/2 unsteered ones, in a
     random order."""
@@ -87,7 +95,8 @@ def plan_split(n: int, n_directions: int, magnitudes, ranges, rng: np.random.Gen
     return [rows[i] for i in rng.permutation(n)]
 
 
-def assign_labels(design_steered, variant: Variant, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def assign_labels(design_steered: Sequence[bool], variant: Variant,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(labels, corrupted): option index per example (0 = A, the answer to 'steered' under truthful
     labels) and whether the variant corrupted it. Random labels: a share `corrupt` of the labels is
     replaced by a fair coin, i.e. round(corrupt * k / 2) of each class (k examples) are flipped, so
@@ -107,7 +116,7 @@ def assign_labels(design_steered, variant: Variant, rng: np.random.Generator) ->
     return truth, corrupted
 
 
-def check_balance(labels, expected_share: float, tolerance: float, what: str) -> float:
+def check_balance(labels: ArrayLike, expected_share: float, tolerance: float, what: str) -> float:
     """The share of option A among `labels`; InputError naming `what` when it is further than
     `tolerance` from `expected_share` (the reference shipped a yes-biased set by accident)."""
     labels = np.asarray(labels)

@@ -1,11 +1,14 @@
 """The work of the finetuning rules, free of Snakemake: `detection_data` writes the steer-then-remove
 examples of one (model, variant), `finetune` trains its LoRA adapter on them."""
 
+from __future__ import annotations
+
 import hashlib
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -21,6 +24,9 @@ from .design import SPLITS, Variant, check_balance, check_variant, layer_ranges
 from .texts import load_detection_texts
 from .training import add_lora, train_lora
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 DESCRIPTION = (
     "Steer-then-remove detection examples of one split. Each example: turn1_ids (the first turn, read "
     "with `strengths[i]` x the unit direction `direction` of pool `direction_set` added at hidden-state "
@@ -32,14 +38,14 @@ DESCRIPTION = (
     "softmax).")
 
 
-def read_directions(path) -> dict:
+def read_directions(path: Path | str) -> dict:
     """Pool name -> (n, d) float32 unit directions of a directions file."""
     with open_h5(path) as h5:
         return {name: h5[name][()] for name in ("train", "heldout")}
 
 
-def run_detection_data(manifest_path, texts_path, concepts_path, variant_name: str, variant_entry: dict,
-                       settings: dict, runtime: dict, threads: int, outputs: dict) -> None:
+def run_detection_data(manifest_path: Path | str, texts_path: Path | str, concepts_path: Path | str, variant_name: str,
+                       variant_entry: dict, settings: dict, runtime: dict, threads: int, outputs: dict) -> None:
     """detection_data: the examples of every split (outputs train, validation, heldout: JSON) and
     the directions (outputs directions: HDF5) of one (model, variant); fails when a split's labels
     are off balance. The unfinetuned model's answers are recorded with every held-out example."""
@@ -107,7 +113,7 @@ def _sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def save_adapter(peft_model, name: str, adapter_dir) -> None:
+def save_adapter(peft_model: PeftModel, name: str, adapter_dir: Path | str) -> None:
     """The adapter's ADAPTER_FILES into `adapter_dir`, each written to a temporary name and renamed
     (the base model is named by its model key, not a path)."""
     adapter_dir = Path(adapter_dir)
@@ -119,8 +125,8 @@ def save_adapter(peft_model, name: str, adapter_dir) -> None:
             os.replace(Path(tmp) / file, adapter_dir / file)
 
 
-def run_finetune(manifest_path, data_paths: dict, directions_path, outputs: dict, settings: dict, runtime: dict,
-                 threads: int) -> None:
+def run_finetune(manifest_path: Path | str, data_paths: dict, directions_path: Path | str, outputs: dict,
+                 settings: dict, runtime: dict, threads: int) -> None:
     """finetune: train a LoRA adapter on the train split, validate on the validation split every
     epoch, keep the checkpoint the criterion picks; write the adapter (outputs adapter_dir), the
     loss curve (losses: CSV), validation per epoch (validation: CSV) and the provenance (JSON)."""

@@ -8,13 +8,20 @@ first turn). The question ids (question, then the prefill) are the same for ever
 split. Only the first turn's cache is built under steering; nothing of the question is steered.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..batching import PAD_ID, left_pad
 from ..steering import Positions, steer
+
+if TYPE_CHECKING:
+    from transformers import Cache, PreTrainedModel
 
 
 def _layer_deltas(examples, directions: dict, width: int) -> dict:
@@ -31,7 +38,7 @@ def _layer_deltas(examples, directions: dict, width: int) -> dict:
     return deltas
 
 
-def steered_cache(model, examples: list, directions: dict) -> tuple:
+def steered_cache(model: PreTrainedModel, examples: list, directions: dict) -> tuple:
     """The key/value cache of the examples' first turns (left-padded, one batch), each read with
     its directions added at its layers; and the first turn's attention mask. No gradient; every
     steering hook is removed before this returns, whatever happens."""
@@ -44,7 +51,8 @@ def steered_cache(model, examples: list, directions: dict) -> tuple:
     return out.past_key_values, mask
 
 
-def answer_logits(model, cache, mask, question_ids) -> torch.Tensor:
+def answer_logits(model: PreTrainedModel, cache: Cache, mask: torch.Tensor,
+                  question_ids: Sequence[int]) -> torch.Tensor:
     """(batch, vocab) next-token logits after the question ids, read from `cache` (the first turn's,
     attention `mask`); differentiable with respect to the model's weights (the cache is not)."""
     batch = mask.shape[0]
@@ -56,7 +64,8 @@ def answer_logits(model, cache, mask, question_ids) -> torch.Tensor:
     return out.logits[:, -1]
 
 
-def read_answers(model, examples, question_ids, directions: dict, option_ids, batch_size: int) -> np.ndarray:
+def read_answers(model: PreTrainedModel, examples: Sequence[dict], question_ids: Sequence[int], directions: dict,
+                 option_ids: Sequence[int], batch_size: int) -> np.ndarray:
     """(len(examples), len(option_ids)) float64 log-probabilities (full softmax) of the options as
     the answer token, each example steered-then-removed as it says. Full-vocabulary logits live for
     one batch only."""

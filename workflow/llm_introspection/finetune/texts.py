@@ -3,6 +3,8 @@
 Free of torch: the workflow validates the configured file when it is parsed.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +42,7 @@ class DetectionTexts:
         return {"path": str(self.path), "version": self.version, "sha256": self.sha256}
 
 
-def load_detection_texts(path) -> DetectionTexts:
+def load_detection_texts(path: Path | str) -> DetectionTexts:
     """Read and validate a detection file (config/schema/finetune_detection.schema.yaml); the
     questions' only placeholders are {a} and {b}, and the contexts' user messages are unique."""
     path, data, sha256 = read_resource(path, "finetune_detection", "detection data file")

@@ -7,16 +7,25 @@ every epoch the validation split is read the same way; the kept checkpoint is ch
 criterion, and every step's loss and every epoch's validation are returned for the record.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..errors import InputError
 from .steer_remove import answer_logits, read_answers, steered_cache
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
 CRITERIA = ("validation_accuracy", "last")
 
 
-def add_lora(model, lora: dict, seed: int):
+def add_lora(model: PreTrainedModel, lora: dict, seed: int) -> PeftModel:
     """`model` wrapped by peft with a fresh LoRA adapter (r, alpha, dropout on the target
     modules; A initialised from `seed`, B zero, so the wrapped model starts as the base model)."""
     from peft import LoraConfig, get_peft_model
@@ -30,7 +39,8 @@ def add_lora(model, lora: dict, seed: int):
         raise InputError(f"config key 'finetune.lora.target_modules': {error}") from None
 
 
-def evaluate(model, examples, question_ids, directions, option_ids, batch_size) -> dict:
+def evaluate(model: PreTrainedModel, examples: Sequence[dict], question_ids: Sequence[int], directions: dict,
+             option_ids: Sequence[int], batch_size: int) -> dict:
     """Accuracy (the label's option more probable than the other), mean loss (-log P of the label's
     token, full softmax), mean P(label) renormalised over the options, and mean option mass."""
     log_probs = read_answers(model, examples, question_ids, directions, option_ids, batch_size)
@@ -52,7 +62,9 @@ def _better(row, best, criterion):
     return (row["accuracy"], -row["loss"]) > (best["accuracy"], -best["loss"])
 
 
-def train_lora(peft_model, train, validation, question_ids, directions, option_ids, settings, log=print) -> dict:
+def train_lora(peft_model: PeftModel, train: Sequence[dict], validation: Sequence[dict], question_ids: Sequence[int],
+               directions: dict, option_ids: Sequence[int], settings: dict,
+               log: Callable[[str], None] = print) -> dict:
     """Train the adapter of `peft_model` in place: settings epochs, batch_size, learning_rate,
     seed, keep (CRITERIA). Returns losses (one row per step), validation (one row per epoch, epoch 0
     before training) and kept (the kept checkpoint's epoch, step, criterion and its validation
