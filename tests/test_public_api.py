@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 LIBRARY = REPO / "workflow/llm_introspection"
-LAZY_SUBPACKAGES = ("study", "injection", "report")
+LAZY_SUBPACKAGES = ("study", "injection", "report", "finetune", "selfknowledge")
 SUBPACKAGES = (*LAZY_SUBPACKAGES, "readout")
 
 # Every module of the library (found here, so a new module is checked too): its public functions,
@@ -55,8 +55,10 @@ def test_init_lists_exactly_the_public_definitions_of_each_module(package):
 
 
 def test_importing_subpackages_and_torch_free_modules_does_not_import_torch():
-    modules = ["study", "injection", "report", "study.statistics", "study.clustered", "study.coding",
-               "study.analysis", "injection.statistics", "injection.texts", "records", "models_check"]
+    modules = ["study", "injection", "report", "finetune", "selfknowledge", "study.statistics", "study.clustered",
+               "study.coding", "study.analysis", "injection.statistics", "injection.texts", "finetune.design",
+               "finetune.texts", "selfknowledge.design", "selfknowledge.texts", "selfknowledge.scoring",
+               "selfknowledge.statistics", "selfknowledge.profile", "records", "models_check"]
     code = ("import sys\n" + "".join(f"import llm_introspection.{m}\n" for m in modules)
             + "import llm_introspection.study as study\nstudy.holm\nprint('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

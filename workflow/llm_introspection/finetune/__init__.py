@@ -1,29 +1,27 @@
 """Introspection finetuning: steer-then-remove detection data and LoRA adapters trained on it.
 
-Public: the design (Variant, check_balance, layer_ranges, SPLITS), the texts
-(load_detection_texts), the read-out from a steered key/value cache (steered_cache,
-answer_logits, read_answers), the data files (read_directions) and the jobs (run_detection_data,
+The design (design: Variant, check_balance, layer_ranges), the texts (texts), the detection data
+(data), the read-out from a steered key/value cache (steer_remove: steered_cache, answer_logits,
+read_answers), LoRA training (training) and the jobs (jobs: read_directions, run_detection_data,
 run_finetune). The evaluations of finetuned variants read a variant's held-out examples with
 `read_json` and `read_directions` and score them with `read_answers`.
+
+The public functions and classes of every module are listed below and can be read from the
+package (`from llm_introspection.finetune import Variant`); each module is imported only when one
+of its names is first read, so the design and the texts stay torch-free at parse time. Constants
+(SPLITS, DIRECTION_POOL, ...) are read from their modules.
 """
 
-from .design import SPLITS, Variant, check_balance, layer_ranges
-from .texts import load_detection_texts
+from ..lazy import lazy_exports
 
-__all__ = [
-    "SPLITS", "Variant", "answer_logits", "check_balance", "layer_ranges", "load_detection_texts", "read_answers",
-    "read_directions", "run_detection_data", "run_finetune", "steered_cache",
-]
+_PUBLIC = {
+    "data": ("options_frame", "example_ids", "random_directions", "concept_directions", "mean_residual_norms",
+             "build_splits"),
+    "design": ("Variant", "check_variant", "layer_ranges", "plan_split", "assign_labels", "check_balance"),
+    "jobs": ("read_directions", "run_detection_data", "save_adapter", "run_finetune"),
+    "steer_remove": ("steered_cache", "answer_logits", "read_answers"),
+    "texts": ("Context", "DetectionTexts", "load_detection_texts"),
+    "training": ("add_lora", "evaluate", "train_lora"),
+}
 
-
-def __getattr__(name):
-    """The torch parts, imported when first used (the design and texts stay torch-free at parse time)."""
-    if name in ("answer_logits", "read_answers", "steered_cache"):
-        from . import steer_remove
-
-        return getattr(steer_remove, name)
-    if name in ("read_directions", "run_detection_data", "run_finetune"):
-        from . import jobs
-
-        return getattr(jobs, name)
-    raise AttributeError(name)
+__all__, __getattr__, __dir__ = lazy_exports(globals(), _PUBLIC)
