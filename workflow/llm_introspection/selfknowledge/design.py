@@ -5,6 +5,9 @@ Every evaluation runs per model; each model is compared with its base: a model w
 base/instruct pair (records.base_instruct_pairs). Models without either are reported alone.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..records import base_instruct_pairs
@@ -34,7 +37,7 @@ EVALUATIONS = {
 DETECTION = "detection"
 
 
-def comparisons(models: dict, evaluated) -> list[tuple[str, str, str]]:
+def comparisons(models: dict, evaluated: Iterable[str]) -> list[tuple[str, str, str]]:
     """(variant, base, kind) for every evaluated model with an evaluated base: kind 'lora_vs_base'
     for a LoRA model against `source.base`, 'instruct_vs_base' for a base/instruct pair."""
     evaluated = set(evaluated)
@@ -48,7 +51,7 @@ def comparisons(models: dict, evaluated) -> list[tuple[str, str, str]]:
     return found
 
 
-def evaluated_models(models: dict, listed) -> list[str]:
+def evaluated_models(models: dict, listed: Iterable[str]) -> list[str]:
     """The listed models and the base of every listed LoRA model (so each has its comparison)."""
     names = list(dict.fromkeys(listed))
     for name in list(names):

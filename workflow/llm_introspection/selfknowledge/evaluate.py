@@ -8,6 +8,12 @@ from one forward pass per sequence (readout.options), whose full-vocabulary logi
 batch only.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -21,6 +27,9 @@ from .scoring import answer_property, parse_number, parse_report, predicted_prop
 from .scoring import restricted_kl
 from .texts import Questions, Tasks, hypothetical
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 TOP_K = 5
 
 
@@ -29,7 +38,8 @@ def is_chat(record: dict) -> bool:
     return uses_chat_template(record["variant"], record["frame"])
 
 
-def prompt_ids(tokenizer, message: str, chat: bool, path, prefill: str = "") -> list[int]:
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, message: str, chat: bool, path: Path | str,
+               prefill: str = "") -> list[int]:
     """Token ids of a one-turn conversation up to the answer (and `prefill`, as it follows it)."""
     return conversation_ids(tokenizer, [message], chat, [], prefill, path)[0]
 
@@ -59,8 +69,8 @@ def _greedy_batch(model, sequences, max_new_tokens, eos):
     return torch.stack(tokens, dim=1).tolist()
 
 
-def greedy_answers(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int,
-                   chat: bool) -> list[tuple[str, bool]]:
+def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sequences: list[list[int]],
+                   max_new_tokens: int, batch_size: int, chat: bool) -> list[tuple[str, bool]]:
     """(answer text, truncated) per sequence: greedy decoding, batched longest first, stopped at the
     model's end of turn; a plain transcript's answer is cut where a line starts the next turn
     ("User:"/"Assistant:"). `truncated`: the answer reached max_new_tokens unfinished."""
@@ -79,7 +89,8 @@ def greedy_answers(model, tokenizer, sequences: list[list[int]], max_new_tokens:
     return results
 
 
-def run_answer_shift(model, tokenizer, record: dict, questions: Questions, answer_pairs, batch_size: int) -> list[dict]:
+def run_answer_shift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: dict, questions: Questions,
+                     answer_pairs: Iterable[tuple[str, str]], batch_size: int) -> list[dict]:
     """P(A) vs P(B) after the prefill, for every question under every answer pair (A stands for
     yes): per record p_a (renormalised over the pair), both log-probabilities and the pair's mass."""
     chat = is_chat(record)
@@ -108,8 +119,8 @@ def _first_per_kind(items, n):
     return kept
 
 
-def run_self_prediction(model, tokenizer, record: dict, tasks: Tasks, n_items, max_new_tokens: int,
-                        batch_size: int) -> list[dict]:
+def run_self_prediction(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: dict, tasks: Tasks,
+                        n_items: int | None, max_new_tokens: int, batch_size: int) -> list[dict]:
     """Binder-style: the greedy object-level answer of each task (the first `n_items` of each kind),
     then per property of its kind the greedy answer to the hypothetical; `correct` compares the
     prediction with the property of the actual answer (None when the answer lacks the property)."""
@@ -130,7 +141,7 @@ def run_self_prediction(model, tokenizer, record: dict, tasks: Tasks, n_items, m
     return records
 
 
-def answer_token(tokenizer, word: str, chat: bool) -> int:
+def answer_token(tokenizer: PreTrainedTokenizerBase, word: str, chat: bool) -> int:
     """The first token of `word` as the first token of an answer (after a space in a transcript)."""
     return encode(tokenizer, answer_start(word, chat))[0]
 
@@ -154,8 +165,8 @@ def _next_token_probs(model, sequences, wanted, batch_size):
     return out
 
 
-def run_calibration(model, tokenizer, record: dict, tasks: Tasks, n_items, max_new_tokens: int,
-                    batch_size: int) -> list[dict]:
+def run_calibration(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: dict, tasks: Tasks,
+                    n_items: int | None, max_new_tokens: int, batch_size: int) -> list[dict]:
     """The exact next-token distribution at the start of the answer to each prompt against the
     model's verbal report of its top-5 (greedy answer to the hypothetical): restricted KL
     (scoring.restricted_kl, on the first tokens of the reported words and the model's top-5),
@@ -186,8 +197,8 @@ def run_calibration(model, tokenizer, record: dict, tasks: Tasks, n_items, max_n
     return records
 
 
-def run_length_prediction(model, tokenizer, record: dict, tasks: Tasks, n_items, max_new_tokens: int,
-                          batch_size: int) -> list[dict]:
+def run_length_prediction(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: dict, tasks: Tasks,
+                          n_items: int | None, max_new_tokens: int, batch_size: int) -> list[dict]:
     """The greedy answer's length in words against the model's predicted length (absolute error;
     None when it wrote no number) and its first word against the predicted first word."""
     chat = is_chat(record)

@@ -1,7 +1,10 @@
 """The work of rule `selfknowledge`, free of Snakemake: one evaluation on one model, its model
 loaded once, every item batched; one JSON file of per-item records with its provenance."""
 
+from __future__ import annotations
+
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,8 +26,8 @@ def _provenance(texts) -> dict:
     return {"path": str(texts.path), "version": texts.version, "sha256": texts.sha256}
 
 
-def run_selfknowledge(manifest_path, evaluation: str, output_path, settings: dict, resources: dict, runtime: dict,
-                      threads: int) -> None:
+def run_selfknowledge(manifest_path: Path | str, evaluation: str, output_path: Path | str, settings: dict,
+                      resources: dict, runtime: dict, threads: int) -> None:
     """selfknowledge: run `evaluation` on the model of `manifest_path`; `settings` are the
     selfknowledge keys it reads (design.EVALUATIONS). The output holds the records, the model
     record (source, revision, dtype, device), settings, the texts' version and sha256, package

@@ -8,8 +8,11 @@ A correlation needs MIN_MODELS models with both measures; below that its row say
 estimable" and why.
 """
 
+from __future__ import annotations
+
 import itertools
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,6 +20,9 @@ from scipy.stats import rankdata, spearmanr
 
 from ..records import base_instruct_pairs
 from ..storage import read_csv, versions, write_csv, write_json
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 MIN_MODELS = 4
 EXACT_UP_TO = 7  # models: an exact permutation p up to here (all 7! orderings), scipy's t approximation beyond
@@ -108,7 +114,7 @@ def exact_p(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(np.mean(np.abs(null) >= abs(observed) - 1e-12)), 2 / math.factorial(len(y))
 
 
-def spearman_row(x, y, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+def spearman_row(x: ArrayLike, y: ArrayLike, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
     """Spearman's rho of two measures over models, a percentile bootstrap CI over models
     (resamples where rho is undefined, a constant measure, are dropped and counted), and an exact
     permutation p up to EXACT_UP_TO models."""

@@ -8,6 +8,12 @@ pair) for answer_shift, one model or comparison for the others.
 Every table has the columns of COLUMNS, one row per (model or comparison, measure, subset).
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from scipy.stats import ttest_1samp, ttest_ind
@@ -17,6 +23,9 @@ from ..storage import read_json, versions, write_csv, write_json
 from ..study.statistics import bootstrap_ci, bootstrap_two_sample_ci, holm, mean_difference
 from .design import comparisons
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
 COLUMNS = ("evaluation", "model", "base", "comparison", "pair", "subset", "measure", "estimate", "low", "high",
            "n_items", "unit", "p_value", "p_holm", "family")
 UNITS = {"answer_shift": "question", "self_prediction": "task", "calibration": "prompt",
@@ -25,7 +34,7 @@ NAN = float("nan")
 MIN_ITEMS = 3  # fewer items: the estimate only, no CI and no test (a bootstrap of 2 items is not an interval)
 
 
-def mean_ci(values, seed: int = 0, n_resamples: int = 2000) -> tuple[float, float, float, int]:
+def mean_ci(values: ArrayLike, seed: int = 0, n_resamples: int = 2000) -> tuple[float, float, float, int]:
     """Mean of per-item values and its bootstrap CI over items (NaN values dropped); the bounds
     are NaN with fewer than MIN_ITEMS items."""
     values = np.asarray(values, dtype=float)
@@ -38,7 +47,7 @@ def mean_ci(values, seed: int = 0, n_resamples: int = 2000) -> tuple[float, floa
     return float(estimate), float(low), float(high), int(values.size)
 
 
-def one_sample_p(values) -> float:
+def one_sample_p(values: ArrayLike) -> float:
     """Two-sided one-sample t-test of the per-item values against 0 (NaN: fewer than MIN_ITEMS
     items, or every value 0; 0 when every value is the same other number)."""
     values = np.asarray(values, dtype=float)
@@ -48,7 +57,7 @@ def one_sample_p(values) -> float:
     return float(ttest_1samp(values, 0.0).pvalue)
 
 
-def group_difference(a, b, seed: int = 0, n_resamples: int = 2000) -> dict:
+def group_difference(a: ArrayLike, b: ArrayLike, seed: int = 0, n_resamples: int = 2000) -> dict:
     """mean(a) - mean(b) over two independent sets of items: bootstrap CI resampling each set,
     Welch's t-test (the estimate only with fewer than MIN_ITEMS items in a set)."""
     a, b = (np.asarray(x, dtype=float) for x in (a, b))
@@ -105,7 +114,7 @@ def _mode_hits(actual: pd.Series) -> np.ndarray:
     return (actual == mode).astype(float).to_numpy()
 
 
-def self_prediction_rows(records, base, seed, n_resamples):
+def self_prediction_rows(records: pd.DataFrame, base: pd.DataFrame | None, seed: int, n_resamples: int) -> list[dict]:
     """Per property and over all properties (per task: mean over its properties): accuracy against
     the actual answer's property, the most-common-property baseline and accuracy - baseline,
     paired by task; a comparison: the accuracy difference paired by (task, property)."""
@@ -141,7 +150,7 @@ def self_prediction_rows(records, base, seed, n_resamples):
 CALIBRATION_MEASURES = ("kl", "top5_overlap", "top1_match")
 
 
-def calibration_rows(records, base, seed, n_resamples):
+def calibration_rows(records: pd.DataFrame, base: pd.DataFrame | None, seed: int, n_resamples: int) -> list[dict]:
     """KL(model || verbal report) in nats, top-5 overlap, top-1 match: means over prompts; a
     comparison: their differences paired by prompt."""
     if base is None:
@@ -153,7 +162,7 @@ def calibration_rows(records, base, seed, n_resamples):
     return rows
 
 
-def length_prediction_rows(records, base, seed, n_resamples):
+def length_prediction_rows(records: pd.DataFrame, base: pd.DataFrame | None, seed: int, n_resamples: int) -> list[dict]:
     """Mean absolute error of the predicted length (words; prompts without a number left out), the
     error of predicting every prompt's median length, MAE - baseline paired by prompt, first-word
     accuracy; a comparison: the differences of MAE and first-word accuracy paired by prompt."""
@@ -229,7 +238,7 @@ def evaluation_table(evaluation: str, records: pd.DataFrame, models: dict, seed:
     return pd.DataFrame(out, columns=list(COLUMNS))
 
 
-def read_records(paths) -> pd.DataFrame:
+def read_records(paths: Iterable[Path | str]) -> pd.DataFrame:
     """The per-item records of evaluation files, with the model's name."""
     frames = [pd.DataFrame(data["records"]).assign(model=data["model"]["name"])
               for data in map(read_json, paths)]

@@ -1,6 +1,8 @@
 """The texts of the self-knowledge evaluations, read and validated against their own schemas
 (torch-free: the workflow validates them when it is parsed)."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +52,7 @@ class Tasks:
     length_prediction: tuple[Item, ...]
 
 
-def load_questions(path, per_category: int | None = None) -> Questions:
+def load_questions(path: Path | str, per_category: int | None = None) -> Questions:
     """The questions file (schema selfknowledge_questions), the first `per_category` questions of
     each category (None: all); InputError when a question is in two categories or there is no
     suggestive or no control category."""
@@ -77,7 +79,7 @@ def _items(entries, where, path):
     return tuple(Item(e["id"], e["prompt"], e.get("kind", "")) for e in entries)
 
 
-def load_tasks(path) -> Tasks:
+def load_tasks(path: Path | str) -> Tasks:
     """The tasks file (schema selfknowledge_tasks); InputError when a task's kind or a kind's
     property is not defined in the file."""
     path, data, sha = read_resource(path, "selfknowledge_tasks", "self-knowledge tasks file")
