@@ -144,8 +144,14 @@ node_idle() {
 
 up() {
     if cluster_answers; then
-        log "already up"
-        return
+        if [[ -n "$(started_pid slurmctld)" && -z "$(started_pid slurmd)" ]]; then
+            # our controller outlived our node daemon (a run killed while taking the cluster down): start over
+            log "our slurmctld answers without our slurmd: restarting the cluster"
+            down
+        else
+            log "already up"
+            return
+        fi
     fi
     install_packages
     write_config

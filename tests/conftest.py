@@ -1,10 +1,16 @@
 """Shared fixtures: a real tokenizer (from the embedded SmolLM2 GGUF), tiny random models, and the
 studies of tests/configs/ that workflow tests share, each run once per session.
 
+The README's test command runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile
+--no-loadscope-reorder`): each test file is one unit of work, the costliest files start first
+(SLOW_FIRST), and the tiny study and the embedded models' conversion are made once for both workers
+(`shared_directory`). Run without -n, everything is the same in one process.
+
 `python tests/conftest.py DIR` makes a study directory for running tests/configs/tiny*.yaml by hand."""
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "tests/configs"
@@ -116,36 +123,83 @@ def write_study(directory, config, tokenizer_dir=None, **overrides):
 
 def copy_study(study, directory):
     """A copy of a finished study, results and Snakemake's records included, to change freely."""
-    shutil.copytree(study, directory, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(study, directory, symlinks=True, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("locks"))  # a lock of a run elsewhere is not the copy's
     return Path(directory)
 
 
-@pytest.fixture(scope="session")
-def tiny_study(tokenizer_dir, tmp_path_factory):
-    """tests/configs/tiny.yaml, run once: tests read it, and change only a copy (copy_study)."""
-    directory = tmp_path_factory.mktemp("tiny_study")
-    write_study(directory, TINY_STUDY, tokenizer_dir)
-    snakemake(directory)
+def shared_directory(tmp_path_factory, worker_id, name, build):
+    """A directory that `build(directory)` fills once per test run, whichever xdist worker asks first
+    (the others wait for it); a build that failed is tried again by the next that asks."""
+    if worker_id == "master":  # not under xdist
+        directory = tmp_path_factory.mktemp(name)
+        build(directory)
+        return directory
+    root = tmp_path_factory.getbasetemp().parent  # shared by the workers of this run
+    directory, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            build(directory)
+            done.touch()
     return directory
 
 
 @pytest.fixture(scope="session")
-def embedded_study(tmp_path_factory):
-    """The default study with tests/configs/embedded.yaml: tests run their targets in this one directory,
-    so each embedded model is prepared (its GGUF converted) once per session."""
-    directory = tmp_path_factory.mktemp("embedded_study")
-    write_study(directory, merged(yaml.safe_load((REPO / "config/config.yaml").read_text()),
-                                  read_config("embedded.yaml")))
-    return directory
+def tiny_study(tokenizer_dir, tmp_path_factory, worker_id):
+    """tests/configs/tiny.yaml, run once: tests only read it (Snakemake too runs only in a copy: copy_study)."""
+
+    def build(directory):
+        write_study(directory, TINY_STUDY, tokenizer_dir)
+        snakemake(directory)
+
+    return shared_directory(tmp_path_factory, worker_id, "tiny_study", build)
+
+
+@pytest.fixture
+def study_copy(tiny_study, tmp_path):
+    """A copy of the finished tiny study, to change."""
+    return copy_study(tiny_study, tmp_path)
+
+
+def planned(result):
+    """(rule, wildcards) of every job a dry run plans, the target rule `all` aside."""
+    jobs = []
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", result.stdout, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        wildcards = re.search(r"^    wildcards: (.*)$", block, flags=re.M)
+        if rule != "all":
+            jobs.append((rule, wildcards.group(1) if wildcards else ""))
+    return jobs
+
+
+def planned_rules(result):
+    return sorted(rule for rule, _ in planned(result))
+
+
+
+EMBEDDED_MODELS = ("gemma3-270m", "smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def embedded_study(tmp_path_factory, worker_id):
+    """The default study with tests/configs/embedded.yaml, its two embedded models prepared (their GGUFs
+    converted) once per test run. Tests load the models from it; only tests/test_embedded.py runs jobs in it."""
+
+    def build(directory):
+        write_study(directory, merged(yaml.safe_load((REPO / "config/config.yaml").read_text()),
+                                      read_config("embedded.yaml")))
+        snakemake(directory, *(f"results/models/{model}/manifest.json" for model in EMBEDDED_MODELS))
+
+    return shared_directory(tmp_path_factory, worker_id, "embedded_study", build)
 
 
 @pytest.fixture(scope="session")
 def smollm2_manifest(embedded_study):
     """The embedded SmolLM2-135M-Instruct as the workflow prepares it: its manifest, the load path (relative
     to the study directory) made absolute."""
-    path = "results/models/smollm2-135m-instruct/manifest.json"
-    snakemake(embedded_study, path)
-    manifest = json.loads((embedded_study / path).read_text())
+    manifest = json.loads((embedded_study / "results/models/smollm2-135m-instruct/manifest.json").read_text())
     return {**manifest, "load_path": str(embedded_study / manifest["load_path"])}
 
 
@@ -160,6 +214,18 @@ def snakemake(directory, *args, check=True, timeout=900):
     if check and result.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+# Test files in the order they start on the xdist workers (each file is one unit of work: --dist
+# loadfile), costliest first by `pytest --durations`; the other files follow in their own order.
+SLOW_FIRST = ("test_workflow.py", "test_slurm.py", "test_injection_workflow.py", "test_reruns.py",
+              "test_embedded.py", "test_params.py", "test_probing.py", "test_localization_readout.py",
+              "test_faults.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a file, pytest's order
 
 
 class TupleBlock(torch.nn.Module):

@@ -11,7 +11,7 @@ from conftest import TINY_LLAMA, load_tiny, tiny_spec
 from llm_introspection.errors import InputError
 from llm_introspection.finetune.data import build_splits, example_ids, mean_residual_norms, options_frame, random_directions
 from llm_introspection.finetune.design import Variant, assign_labels, check_balance, check_variant, layer_ranges
-from llm_introspection.finetune.steer_remove import answer_logits, read_answers, steered_cache
+from llm_introspection.finetune.steer_remove import read_answers, steered_cache
 from llm_introspection.finetune.texts import load_detection_texts
 from llm_introspection.finetune.training import add_lora, train_lora
 from llm_introspection.models_check import check_lora_sources

@@ -3,8 +3,7 @@ model's prepare_model -> every experiment on it, and a bad LoRA source fails at 
 
 import pytest
 
-from conftest import TINY_STUDY, merged, snakemake, write_study
-from test_workflow import planned
+from conftest import TINY_STUDY, merged, planned, snakemake, write_study
 
 pytestmark = pytest.mark.workflow
 

@@ -7,8 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from conftest import TINY_STUDY, copy_study, merged, read_config, snakemake, write_study
-from test_workflow import planned
+from conftest import TINY_STUDY, copy_study, merged, planned, read_config, snakemake, write_study
 
 pytestmark = pytest.mark.workflow
 

@@ -6,8 +6,7 @@ import json
 import pytest
 import yaml
 
-from conftest import TINY_STUDY, copy_study, merged, snakemake, write_study
-from test_workflow import planned
+from conftest import TINY_STUDY, copy_study, merged, planned, snakemake, write_study
 
 pytestmark = pytest.mark.workflow
 
@@ -23,11 +22,20 @@ def test_the_same_config_with_sorted_reflowed_keys_plans_nothing(tiny_study, tmp
     assert planned(snakemake(study, "--dry-run")) == []
 
 
-def test_a_key_reruns_only_the_jobs_that_read_it(tiny_study, tmp_path):
-    study = copy_study(tiny_study, tmp_path)
-    config = merged(TINY_STUDY, INJECTION)
-    write_study(study, config)
+CONFIG = merged(TINY_STUDY, INJECTION)
+
+
+@pytest.fixture(scope="module")
+def localization_study(tiny_study, tmp_path_factory):
+    """A copy of the tiny study with one localization cell of tiny-instruct computed (its vectors too)."""
+    study = copy_study(tiny_study, tmp_path_factory.mktemp("localization"))
+    write_study(study, CONFIG)
     snakemake(study, CELL)
+    return study
+
+
+def test_a_key_reruns_only_the_jobs_that_read_it(localization_study, tmp_path):
+    study, config = copy_study(localization_study, tmp_path), CONFIG
     # n_trials is read by localization cells, not by concept vectors; n_permutations by probes only
     write_study(study, config, injection={"n_trials": 3}, probing={"n_permutations": 7})
     assert planned(snakemake(study, "--dry-run", CELL)) == [("inject_localization", "model=tiny-instruct")]
@@ -36,25 +44,22 @@ def test_a_key_reruns_only_the_jobs_that_read_it(tiny_study, tmp_path):
                                                        "judge", "code_keywords", "content_statistics"}
 
 
-def test_a_new_strength_computes_only_its_cells_and_a_changed_key_all(tokenizer_dir, tmp_path):
+def test_a_new_strength_computes_only_its_cells_and_a_changed_key_all(localization_study, tmp_path):
     """The sweep job of (localization, tiny-instruct) loads the model once for all its cells; run
     again for a new strength it keeps the finished cell as it is and computes the new one; run again
-    for a new n_trials it recomputes both. (A new study: a cell needs only its model and vectors.)"""
-    study = tmp_path
-    config = merged(TINY_STUDY, INJECTION)
-    write_study(study, config, tokenizer_dir)
-    snakemake(study, CELL)
+    for a new n_trials it recomputes both."""
+    study, config = copy_study(localization_study, tmp_path), CONFIG
     cell, log = study / CELL, study / "results/logs/inject/localization/tiny-instruct.log"
     first = cell.read_bytes()
     new = CELL.replace("strength2", "strength3")
-    write_study(study, config, tokenizer_dir, injection={"strengths": [2, 3]})
+    write_study(study, config, injection={"strengths": [2, 3]})
     assert planned(snakemake(study, "--dry-run", new)) == [("inject_localization", "model=tiny-instruct")]
     snakemake(study, new)
     assert cell.read_bytes() == first and "localization: 1 of 2 cells computed, 1 current" in log.read_text()
     assert log.read_text().count("loaded tiny-instruct") == 1
     assert json.loads((study / new).read_text())["records"][0]["strength_relative"] == 3
     assert not any((study / "results/injection/localization/tiny-instruct/.finished").iterdir())
-    write_study(study, config, tokenizer_dir, injection={"strengths": [2, 3], "n_trials": 3})
+    write_study(study, config, injection={"strengths": [2, 3], "n_trials": 3})
     assert planned(snakemake(study, "--dry-run", new)) == [("inject_localization", "model=tiny-instruct")]
     snakemake(study, new)
     assert "localization: 2 of 2 cells computed, 0 current" in log.read_text()

@@ -2,7 +2,6 @@
 and planted effects through each evaluation's table (the CI covers the truth; the null rejects
 rarely), with the comparisons each model gets."""
 
-import math
 
 import numpy as np
 import pandas as pd

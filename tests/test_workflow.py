@@ -1,13 +1,10 @@
-"""The real snakemake CLI on tiny random models in a temporary directory."""
+"""The real snakemake CLI on tiny random models: what the tiny study (tests/configs/tiny.yaml) writes, and
+what a study with a base/instruct pair adds (reruns and edits: tests/test_reruns.py)."""
 
 import json
-import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -17,40 +14,6 @@ import pytest
 from conftest import REPO, TINY_STUDY, copy_study, snakemake, write_study
 
 pytestmark = pytest.mark.workflow
-
-
-def planned(result):
-    """(rule, wildcards) of every job a dry run plans, the target rule `all` aside."""
-    jobs = []
-    for block in re.split(r"^(?=(?:local)?rule \w+:$)", result.stdout, flags=re.M)[1:]:
-        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
-        wildcards = re.search(r"^    wildcards: (.*)$", block, flags=re.M)
-        if rule != "all":
-            jobs.append((rule, wildcards.group(1) if wildcards else ""))
-    return jobs
-
-
-def planned_rules(result):
-    return sorted(rule for rule, _ in planned(result))
-
-
-@pytest.fixture
-def per_prompt_study(tiny_study, tmp_path):
-    """A copy of the tiny study at one job per (model, prompt), on 2 prompts and without the twin, whose model
-    jobs have run (on the prepared models of the copy): the directory and those jobs' targets."""
-    copy_study(tiny_study, tmp_path)
-    write_study(tmp_path, TINY_STUDY, jobs={"granularity": "prompt"}, conditions={"shared_frame": False},
-                prompts={"ids": ["self_reference_01", "topic_control_01"]})
-    targets = [f"results/activations/{m}/{p}.h5" for m in ("tiny-base", "tiny-instruct")
-               for p in ("self_reference_01", "topic_control_01")]
-    snakemake(tmp_path, *targets)
-    return tmp_path, targets
-
-
-@pytest.fixture
-def study_copy(tiny_study, tmp_path):
-    """A copy of the finished tiny study, to change."""
-    return copy_study(tiny_study, tmp_path)
 
 
 TWIN = "tiny-instruct-base-frame"  # the shared-frame condition's twin of tiny-instruct
@@ -91,11 +54,6 @@ def test_shared_frame_twin_reuses_the_weights_and_reads_the_base_text(tiny_study
     assert generations[TWIN]["prompt"]["text"] != generations["tiny-instruct"]["prompt"]["text"]
     coded = pd.read_csv(tiny_study / f"results/coding/keyword/{TWIN}.csv")
     assert set(coded["condition"]) == {"shared_frame"} and set(coded["variant"]) == {"instruct"}
-
-
-def test_rerun_does_nothing(tiny_study):
-    result = snakemake(tiny_study, "--dry-run")
-    assert planned(result) == [] and "Nothing to be done" in result.stdout
 
 
 def test_statistics_run_on_the_coded_and_judged_completions(tiny_study):
@@ -182,7 +140,7 @@ def test_report_has_its_sections_figures_and_an_html_twin(tiny_study, tmp_path):
     embeddings = pd.read_csv(tiny_study / "results/probing/embeddings.csv")
     assert set(embeddings["method"]) == {"pca", "umap"} and set(embeddings["hidden_state_index"]) == {2}
     assert len(embeddings) == 2 * 3 * 4 * 2  # methods x models x prompts x reps
-    snakemake(tiny_study, "--report", str(tmp_path / "report.html"))
+    snakemake(copy_study(tiny_study, tmp_path / "study"), "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text()
     assert all(f"{name}.png" in html for name in FIGURES) and "report.md" in html
 
@@ -193,63 +151,6 @@ def test_embeddings_figures_and_report_are_reproduced_byte_for_byte(study_copy):
     before = {path: path.read_bytes() for path in paths}
     snakemake(study_copy, "--forcerun", "embeddings")
     assert [path for path in paths if path.read_bytes() != before[path]] == []
-
-
-def test_changing_the_lexicon_reruns_coding_and_what_follows_only(study_copy):
-    lexicon = study_copy / "resources/lexicons/coding.yaml"
-    lexicon.write_text(lexicon.read_text() + "# edited\n")
-    assert planned_rules(snakemake(study_copy, "--dry-run")) == [
-        "agreement_statistics", *["code_keywords"] * 3, "content_statistics", "figures", "introspection_profile", "probes",
-        "report"]
-
-
-def test_forcerun_trace_reruns_tracing_and_only_what_follows_it(tiny_study):
-    assert planned_rules(snakemake(tiny_study, "--dry-run", "-R", "trace")) == [
-        "embeddings", "figures", "introspection_profile", "probes", "report", *["trace"] * 3]
-
-
-def test_rerun_reproduces_generations_bit_for_bit(study_copy):
-    path = study_copy / "results/generations/tiny-instruct/self_reference_01.json"
-    entropy = study_copy / "results/entropy/tiny-instruct/self_reference_01.h5"
-
-    def content():
-        data = json.loads(path.read_text())
-        timings = data.pop("timings")
-        with h5py.File(entropy) as h5:
-            arrays = {name: h5[name][:] for name in h5}
-        return json.dumps(data, sort_keys=True), arrays, timings
-
-    before, before_arrays, before_timings = content()
-    snakemake(study_copy, str(path.relative_to(study_copy)), "--forcerun", "generate")  # that model's job only
-    after, after_arrays, after_timings = content()
-    assert before == after  # every byte but the job timings
-    assert before_timings != after_timings  # the job really ran again
-    for name, array in before_arrays.items():
-        np.testing.assert_array_equal(array, after_arrays[name])
-
-
-def edit_prompt(study, prompt_id):
-    path = study / f"resources/prompts/{prompt_id}.yaml"
-    path.write_text(path.read_text().replace("instruct: \"", "instruct: \"Please: "))
-
-
-def test_editing_one_prompt_reruns_only_its_jobs(per_prompt_study):
-    """Only the edited prompt's model jobs (what follows them reruns as in the test below)."""
-    study, targets = per_prompt_study
-    os.utime(study / "resources/prompts/topic_control_01.yaml")  # a touch alone changes nothing
-    assert planned(snakemake(study, "--dry-run", *targets)) == []
-    edit_prompt(study, "self_reference_01")
-    jobs = planned(snakemake(study, "--dry-run", *targets))
-    models = ("tiny-base", "tiny-instruct")
-    assert sorted(jobs) == sorted((rule, f"model={m}, prompt=self_reference_01") for rule in ("generate", "trace")
-                                  for m in models)
-
-
-def test_editing_one_prompt_reruns_its_model_jobs_at_model_granularity(study_copy):
-    edit_prompt(study_copy, "self_reference_01")
-    assert planned_rules(snakemake(study_copy, "--dry-run")) == [
-        "agreement_statistics", *["code_keywords"] * 3, "content_statistics", "embeddings", "entropy_statistics",
-        "figures", *["generate"] * 3, "introspection_profile", *["judge"] * 3, "probes", "report", *["trace"] * 3]
 
 
 @pytest.mark.parametrize("granularity, jobs", [("model", 24), ("prompt", 960)])
@@ -303,31 +204,3 @@ def test_unknown_model_package_fails_naming_the_model(tmp_path):
     assert not (tmp_path / "results/models/ghost/manifest.json").exists()
 
 
-def test_killed_run_leaves_no_output_taken_as_complete(study_copy):
-    """Generation (now 100 tokens x 4 reps) killed in a copy of the tiny study whose generations are removed."""
-    write_study(study_copy, TINY_STUDY, generation={"max_new_tokens": 100, "reps": 4})
-    for folder in ("generations", "entropy", "logs/generate"):
-        shutil.rmtree(study_copy / "results" / folder)
-    targets = [f"results/generations/{m}/self_reference_01.json" for m in ("tiny-base", "tiny-instruct")]
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-               str(study_copy), "--configfile", str(study_copy / "config.yaml"), "--cores", "2", *targets]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    started = study_copy / "results/logs/generate/tiny-base.log"
-    deadline = time.time() + 300
-    while not (started.exists() and "loaded" in started.read_text()) and time.time() < deadline:
-        time.sleep(0.2)
-    assert started.exists(), "generate never started"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    killed = [p for p in (study_copy / "results").rglob("*") if "tiny-base" in p.parts
-              and p.suffix in (".json", ".h5") and ("generations" in p.parts or "entropy" in p.parts)]
-    assert killed == []  # the killed job left nothing that looks finished
-    finished = {p.parent.name for p in (study_copy / "results/generations").rglob("*.json")}
-    for path in (study_copy / "results/generations").rglob("*.json"):
-        json.loads(path.read_text())  # what another job finished is whole, and kept
-    rerun = planned(snakemake(study_copy, "--dry-run", *targets))
-    assert {w for rule, w in rerun if rule == "generate"} == {
-        f"model={m}" for m in {"tiny-base", "tiny-instruct"} - finished}
-    snakemake(study_copy, "--unlock")  # what a user does after a kill: the lock outlives the process
-    snakemake(study_copy, *targets)
-    assert len(list((study_copy / "results/generations").rglob("*.json"))) == 8

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy.stats import spearmanr
 
 from ..config import read_resource
 from ..errors import InputError
@@ -275,6 +274,8 @@ def labelled_agreement(examples: Sequence[Mapping[str, Any]], lexicon: Lexicon) 
 
     rho is NaN when the labels or the coded levels are all equal.
     """
+    from scipy.stats import spearmanr  # here: the model jobs import this module (the judge's rubric), not scipy
+
     coded = [code_text(example["text"], lexicon) for example in examples]
     rows = []
     for name in DIMENSIONS:
