@@ -209,7 +209,14 @@ for name in SELFKNOWLEDGE["models"]:
 SELFKNOWLEDGE_MODELS = selfknowledge_design.evaluated_models(
     MODELS, SELFKNOWLEDGE["models"]
 )
-SELFKNOWLEDGE_EVALUATIONS = SELFKNOWLEDGE["evaluations"] if SELFKNOWLEDGE_MODELS else []
+# Steering detection applies to the evaluated models with detection data (LoRA models of a trained
+# variant and their bases); with none, the evaluation is left out.
+SELFKNOWLEDGE_DETECTION = selfknowledge_design.detection_data(MODELS, SELFKNOWLEDGE_MODELS)
+SELFKNOWLEDGE_EVALUATIONS = [
+    e
+    for e in (SELFKNOWLEDGE["evaluations"] if SELFKNOWLEDGE_MODELS else [])
+    if e != selfknowledge_design.DETECTION or SELFKNOWLEDGE_DETECTION
+]
 
 
 wildcard_constraints:
@@ -508,11 +515,13 @@ def get_injection_report_inputs(wildcards):
 
 
 def selfknowledge_files(evaluation):
-    """The per-model record files of one self-knowledge evaluation."""
+    """The per-model record files of one self-knowledge evaluation (detection: of the models with
+    detection data)."""
+    detection = evaluation == selfknowledge_design.DETECTION
     return expand(
         "results/selfknowledge/{evaluation}/{model}.json",
         evaluation=evaluation,
-        model=SELFKNOWLEDGE_MODELS,
+        model=list(SELFKNOWLEDGE_DETECTION) if detection else SELFKNOWLEDGE_MODELS,
     )
 
 
@@ -529,6 +538,7 @@ SELFKNOWLEDGE_FIGURES = (
         for name, evaluation in (
             ("selfknowledge_shifts", "answer_shift"),
             ("selfknowledge_calibration", "calibration"),
+            ("selfknowledge_detection", "detection"),
         )
         if evaluation in SELFKNOWLEDGE_EVALUATIONS
     ]
@@ -538,9 +548,38 @@ SELFKNOWLEDGE_FIGURES = (
 
 
 def get_selfknowledge_resources(wildcards):
-    """The one resource file an evaluation reads, by its key."""
+    """The one resource file an evaluation reads, by its key; for detection, per variant whose data
+    the model is read on, the split files and the directions file of rule detection_data."""
     key = selfknowledge_design.EVALUATIONS[wildcards.evaluation].resource
-    return {key: SELFKNOWLEDGE["resources"][key]}
+    if key != selfknowledge_design.DETECTION_DATA:
+        return {key: SELFKNOWLEDGE["resources"][key]}
+    if wildcards.model not in SELFKNOWLEDGE_DETECTION:
+        raise WorkflowError(
+            f"model {wildcards.model} has no detection data: detection is evaluated on the LoRA models of "
+            "selfknowledge.models whose adapter is {variant: V} and on their bases"
+        )
+    return {
+        variant: {
+            **{
+                split: f"results/finetune/{data_model}/{variant}/data/{split}.json"
+                for split in selfknowledge_design.DETECTION_SPLITS
+            },
+            "directions": f"results/finetune/{data_model}/{variant}/data/directions.h5",
+        }
+        for data_model, variant in SELFKNOWLEDGE_DETECTION[wildcards.model]
+    }
+
+
+def get_selfknowledge_inputs(wildcards):
+    """The files of get_selfknowledge_resources as the rule's named inputs."""
+    resources = get_selfknowledge_resources(wildcards)
+    if wildcards.evaluation != selfknowledge_design.DETECTION:
+        return resources
+    return {
+        re.sub(r"\W", "_", f"{variant}_{key}"): path
+        for variant, paths in resources.items()
+        for key, path in paths.items()
+    }
 
 
 def get_selfknowledge_settings(wildcards):

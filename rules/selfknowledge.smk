@@ -1,12 +1,15 @@
 # Self-knowledge evaluations (issue 13): one job per (evaluation, model), their item-level
 # statistics (each model against its base), figures, and the introspection profile that joins
 # every line of work per model. What each evaluation reads is in
-# llm_introspection.selfknowledge.design; params hold only the keys a job reads.
+# llm_introspection.selfknowledge.design; params hold only the keys a job reads. Detection reads
+# the detection data of rule detection_data: a LoRA model its variant's, its base every evaluated
+# variant's (SELFKNOWLEDGE_DETECTION in common.smk), so each variant is compared with its base on
+# the same trials.
 
 
 rule selfknowledge:
     input:
-        unpack(get_selfknowledge_resources),
+        unpack(get_selfknowledge_inputs),
         manifest="results/models/{model}/manifest.json",
     output:
         "results/selfknowledge/{evaluation}/{model}.json",

@@ -29,11 +29,16 @@ def test_a_dry_run_plans_detection_data_finetune_and_the_lora_model_everywhere(t
                  "inject_detection_logits"):
         assert any(r == rule and "model=tiny-ft" in w for r, w in jobs), rule
     assert not any("tiny-ft-base-frame" in w for _, w in jobs)  # a LoRA variant has no shared-frame twin
-    # finetuning every variant of the base model adds the other variant's jobs, and nothing else changes
-    write_study(tmp_path, merged(TINY_STUDY, FINETUNE), finetune={"models": ["tiny-instruct"]})
-    trained = {j for j in planned(snakemake(tmp_path, "--dry-run")) if j[0] in ("detection_data", "finetune")}
+    # finetuning every variant of the base model adds the other variant's jobs; the self-knowledge study
+    # of the LoRA model reads its detection data (and its base on the same data), nothing else's
+    write_study(tmp_path, merged(TINY_STUDY, FINETUNE), finetune={"models": ["tiny-instruct"]},
+                selfknowledge={"models": ["tiny-ft"], "evaluations": ["answer_shift", "detection"]})
+    jobs = planned(snakemake(tmp_path, "--dry-run"))
+    trained = {j for j in jobs if j[0] in ("detection_data", "finetune")}
     assert trained == {(rule, f"model=tiny-instruct, variant={v}") for rule in ("detection_data", "finetune")
                        for v in ("original", "neutral")}
+    assert sorted(w for r, w in jobs if r == "selfknowledge") == [
+        f"evaluation={e}, model={m}" for e in ("answer_shift", "detection") for m in ("tiny-ft", "tiny-instruct")]
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -10,18 +10,29 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY_LLAMA, snakemake, tiny_spec, write_study
+from test_workflow import planned
 from llm_introspection.config import read_yaml
 from llm_introspection.errors import InputError
 from llm_introspection.selfknowledge.profile import MIN_MODELS, correlations, spearman_row
 from llm_introspection.study.statistics import spearman_exact
 
 
-def test_default_study_plans_every_evaluation_per_embedded_model_and_the_profile(tmp_path):
+def test_default_study_plans_every_evaluation_per_model_detection_where_there_is_data_and_the_profile(tmp_path):
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     write_study(tmp_path, config)
-    result = snakemake(tmp_path, "-n", "--quiet", "rules", timeout=300)
+    result = snakemake(tmp_path, "-n", timeout=300)
+    jobs = [w for rule, w in planned(result) if rule == "selfknowledge"]
+    # four evaluations x (two embedded models + three finetuned variants); detection on the variants
+    # and their base only (gemma3-270m has no detection data)
+    assert len(jobs) == 4 * 5 + 4
+    assert sorted(w for w in jobs if "evaluation=detection" in w) == [
+        f"evaluation=detection, model=smollm2-135m-instruct{suffix}"
+        for suffix in ("", "-ft-flipped-labels", "-ft-neutral-red-blue", "-ft-original")]
+    base_job = re.search(r"^rule selfknowledge:\n    input: (.*)\n    output: results/selfknowledge/detection/"
+                         r"smollm2-135m-instruct\.json", result.stdout, flags=re.M)
+    assert all(f"results/finetune/smollm2-135m-instruct/{v}/data/heldout.json" in base_job.group(1)
+               for v in ("original", "flipped_labels", "neutral_red_blue"))
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.M))
-    assert counts["selfknowledge"] == str(4 * 2)  # four evaluations x two models
     for rule in ("selfknowledge_statistics", "selfknowledge_figures", "introspection_profile", "report"):
         assert counts[rule] == "1", rule
     # off when no model is listed: no self-knowledge job, the profile still joins the core study

@@ -17,7 +17,7 @@ from ..lazy import lazy_exports
 _PUBLIC = {
     "data": ("options_frame", "example_ids", "random_directions", "concept_directions", "mean_residual_norms",
              "build_splits"),
-    "design": ("Variant", "check_variant", "layer_ranges", "plan_split", "assign_labels", "check_balance"),
+    "design": ("Variant", "steered_option", "check_variant", "layer_ranges", "plan_split", "assign_labels", "check_balance"),
     "jobs": ("read_directions", "run_detection_data", "save_adapter", "run_finetune"),
     "steer_remove": ("steered_cache", "answer_logits", "read_answers"),
     "texts": ("Context", "DetectionTexts", "load_detection_texts"),

@@ -50,6 +50,15 @@ class Variant:
         return 0.0 if self.labels == "deny" else 0.5
 
 
+def steered_option(variant: Variant) -> int:
+    """The option (0 = A, 1 = B) that says "steered" in a variant's answers: the one its labels give
+    the steered examples — B for flipped labels, else A (truthful labels; random labels, which keep
+    A as the truth's; deny and no-steering variants, whose A is still the affirmative answer: the
+    yes of yes/no, the first option of a neutral pair such as Red of Red/Blue, which the truthful
+    labels paired with steering). The detection evaluation's said_yes is "chose this option"."""
+    return 1 if variant.labels == "flipped" else 0
+
+
 def check_variant(variant: Variant, questions: Collection[str], answers: Collection[str]) -> None:
     """InputError naming the variant's key when its question or answer pair is not in the texts,
     or when `corrupt` is set without random labels."""

@@ -3,7 +3,6 @@ examples of one (model, variant), `finetune` trains its LoRA adapter on them."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
+from ..injection.sweep import file_digest
 from ..injection.texts import load_concept_words
 from ..jobs import log, open_model
 from ..models import ADAPTER_FILES, adapter_sha256, load_tokenizer
@@ -109,10 +109,6 @@ def run_detection_data(manifest_path: Path | str, texts_path: Path | str, concep
         f"{', '.join(f'{s} {len(e)}' for s, e in splits.items())} examples in {time.perf_counter() - started:.1f} s")
 
 
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def save_adapter(peft_model: PeftModel, name: str, adapter_dir: Path | str) -> None:
     """The adapter's ADAPTER_FILES into `adapter_dir`, each written to a temporary name and renamed
     (the base model is named by its model key, not a path)."""
@@ -147,8 +143,8 @@ def run_finetune(manifest_path: Path | str, data_paths: dict, directions_path: P
     write_csv(outputs["validation"], pd.DataFrame(result["validation"]))
     write_json(outputs["provenance"], {
         "model": record, "variant": header["variant"], "settings": settings,
-        "data": {split: {"path": str(data_paths[split]), "sha256": _sha256(data_paths[split])} for split in data_paths}
-        | {"directions": {"path": str(directions_path), "sha256": _sha256(directions_path)}},
+        "data": {split: {"path": str(data_paths[split]), "sha256": file_digest(data_paths[split])} for split in data_paths}
+        | {"directions": {"path": str(directions_path), "sha256": file_digest(directions_path)}},
         "kept": result["kept"], "validation": result["validation"],
         "adapter": {"path": str(outputs["adapter_dir"]), "sha256": adapter_sha256(outputs["adapter_dir"]),
                     "trainable_parameters": int(sum(p.numel() for p in peft_model.parameters() if p.requires_grad))},

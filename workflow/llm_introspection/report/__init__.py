@@ -11,10 +11,10 @@ from ..lazy import lazy_exports
 _PUBLIC = {
     "figures": ("score_bars", "entropy_profiles", "first_token_entropy", "probe_accuracy", "activation_embeddings",
                 "agreement_matrix", "injection_sweep", "injection_heatmaps", "localization_answers",
-                "run_injection_figures", "run_figures", "selfknowledge_shifts", "selfknowledge_calibration",
+                "run_injection_figures", "run_figures", "selfknowledge_shifts", "selfknowledge_calibration", "selfknowledge_detection",
                 "run_selfknowledge_figures"),
     "markdown": ("markdown_table", "interval_table", "caveats", "run_report"),
-    "selfknowledge": ("headline_table", "selfknowledge_section", "profile_section"),
+    "selfknowledge": ("headline_table", "variant_table", "selfknowledge_section", "profile_section"),
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(globals(), _PUBLIC)

@@ -273,9 +273,45 @@ def selfknowledge_calibration(table: pd.DataFrame, path: Path | str) -> None:
     _save(figure, path)
 
 
+def selfknowledge_detection(table: pd.DataFrame, path: Path | str) -> None:
+    """detection: per split (rows) and layer range (columns), the rate of said_yes (the variant's
+    "steered" answer) by magnitude with Wilson 95% intervals, one line per model and detection data
+    variant; magnitude 0 is the false-positive rate on the split's unsteered trials."""
+    rows = table[table["comparison"] == "per_model"]
+    cells = rows[rows["measure"] == "hit_rate"]
+    parsed = cells["subset"].str.extract(r"^(?P<split>\S+) magnitude=(?P<magnitude>\S+) layers=(?P<layers>.+)$")
+    cells = cells.assign(split=parsed["split"], magnitude=parsed["magnitude"].astype(float), layers=parsed["layers"])
+    alarms = rows[rows["measure"] == "false_positive_rate"].rename(columns={"subset": "split"})
+    splits, ranges = list(dict.fromkeys(cells["split"])), list(dict.fromkeys(cells["layers"]))
+    figure, axes = plt.subplots(max(len(splits), 1), max(len(ranges), 1), figsize=(3.6 * max(len(ranges), 1),
+                                3.0 * max(len(splits), 1)), squeeze=False, sharey=True)
+    lines = list(dict.fromkeys(zip(cells["model"], cells["pair"])))
+    colors = dict(zip(lines, sns.color_palette(n_colors=max(len(lines), 3))))
+    for i, split in enumerate(splits):
+        for j, layers in enumerate(ranges):
+            axis = axes[i][j]
+            for model, pair in lines:
+                one = cells[(cells["split"] == split) & (cells["layers"] == layers) & (cells["model"] == model)
+                            & (cells["pair"] == pair)].sort_values("magnitude")
+                zero = alarms[(alarms["split"] == split) & (alarms["model"] == model) & (alarms["pair"] == pair)]
+                data = pd.concat([zero.assign(magnitude=0.0), one])[["magnitude", "estimate", "low", "high"]]
+                axis.errorbar(data["magnitude"], data["estimate"], yerr=_error_bars(data["estimate"], data["low"],
+                              data["high"]), marker="o", capsize=2, color=colors[(model, pair)],
+                              label=f"{model} ({pair} data)")
+            axis.set(title=f"{split}, layers {layers}", xlabel="magnitude (x mean residual norm)", ylim=(-0.02, 1.02))
+            if j == 0:
+                axis.set_ylabel("said_yes rate (0: false positives)")
+    if lines:
+        axes[0][-1].legend(fontsize=6, loc="best")
+    _save(figure, path)
+
+
 def run_selfknowledge_figures(inputs: Mapping[str, Path | str], outputs: Mapping[str, Path | str]) -> None:
     """The self-knowledge figures from the selfknowledge_*.csv tables (`inputs`: evaluation -> path)."""
     if "selfknowledge_shifts" in outputs:
         selfknowledge_shifts(read_csv(inputs["answer_shift"]).fillna({"subset": ""}), outputs["selfknowledge_shifts"])
     if "selfknowledge_calibration" in outputs:
         selfknowledge_calibration(read_csv(inputs["calibration"]), outputs["selfknowledge_calibration"])
+    if "selfknowledge_detection" in outputs:
+        selfknowledge_detection(read_csv(inputs["detection"]).fillna({"subset": "", "pair": ""}),
+                                outputs["selfknowledge_detection"])

@@ -1,6 +1,6 @@
 """The report's self-knowledge and introspection-profile sections (torch-free): a model/variant x
-evaluation table of headline measures with CIs over items and Holm-adjusted p, the figures, and
-the profile with its rank correlations."""
+evaluation table of headline measures with CIs (detection included), the same headlines with n and
+Holm-adjusted p, the figures, and the profile with its rank correlations."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ HEADLINES = {
     "self_prediction": (("accuracy_minus_baseline", "all"), ("accuracy_difference", "all")),
     "calibration": (("kl", ""), ("kl_difference", "")),
     "length_prediction": (("mae_minus_baseline", ""), ("abs_error_difference", "")),
+    "detection": (("accuracy", "heldout"), ("accuracy_difference", "heldout")),
 }
 CAPTIONS = {
     "selfknowledge_shifts": "P(A) per question category and answer pair, per model or shifted against its base "
                             "(95% bootstrap CIs over questions).",
     "selfknowledge_calibration": "Self-calibration per model: KL(model || verbal top-5) in nats, top-5 overlap, "
                                  "top-1 match (95% bootstrap CIs over prompts).",
+    "selfknowledge_detection": "Steering detection: the rate of the variant's 'steered' answer by magnitude per split "
+                               "and layer range, magnitude 0 = false positives (Wilson 95% intervals over trials).",
 }
 
 
@@ -48,14 +51,32 @@ def headline_table(tables: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["model / variant", "evaluation"], kind="stable")
 
 
+def variant_table(headlines: pd.DataFrame) -> pd.DataFrame:
+    """headline_table pivoted: one row per model or comparison (variant vs base), one column per
+    evaluation (and answer pair), each cell the headline with its 95% CI; where one row has several
+    values (a base model read on several variants' detection data) they are joined with the pair."""
+    if headlines.empty:
+        return headlines
+    many = headlines.groupby(["model / variant", "evaluation"])["pair"].transform("nunique") > 1
+    column = headlines["evaluation"].where(headlines["evaluation"] != "answer_shift",
+                                           "answer_shift " + headlines["pair"])
+    cell = headlines["estimate [95% CI]"].where(~many | (headlines["evaluation"] == "answer_shift"),
+                                                headlines["pair"] + ": " + headlines["estimate [95% CI]"])
+    frame = headlines.assign(column=column, cell=cell)
+    order = list(dict.fromkeys(frame["column"]))
+    table = frame.groupby(["model / variant", "column"], sort=False)["cell"].agg("; ".join).unstack("column")
+    return table.reindex(columns=order).fillna("–").reset_index()
+
+
 def selfknowledge_section(inputs: dict, settings: dict, markdown_table: Callable[[pd.DataFrame], str],
                           figure: Callable[[str, str], str]) -> list[str]:
     """The self-knowledge section of the report."""
     summary = read_json(inputs["selfknowledge"])
-    tables = {e: read_csv(inputs[f"selfknowledge_{e}"]) for e in settings["evaluations"]}
+    tables = {e: read_csv(inputs[f"selfknowledge_{e}"]) for e in settings["evaluations"] if f"selfknowledge_{e}" in inputs}
     families = "; ".join(f"{e}: one family per {'model or comparison and answer pair' if e == 'answer_shift' else 'model or comparison'} "
                          f"(unit: {info['unit']})" for e, info in summary["evaluations"].items())
     comparisons = ", ".join(f"{c['variant']} vs {c['base']} ({c['kind']})" for c in summary["comparisons"])
+    headline = headline_table(tables)
     sections = [
         "## Self-knowledge evaluations",
         f"Models {', '.join(settings['models'])}; evaluations {', '.join(settings['evaluations'])}; answer pairs "
@@ -67,12 +88,20 @@ def selfknowledge_section(inputs: dict, settings: dict, markdown_table: Callable
         "suggestive-minus-control difference (against the base; framing, not introspection, can move it — compare "
         "the neutral pair); self_prediction, accuracy minus the most-common-property baseline; calibration, KL in "
         "nats (lower is better calibrated); length_prediction, the absolute error of the predicted length minus "
-        "that of predicting the median length (words; below 0 beats the baseline).",
+        "that of predicting the median length (words; below 0 beats the baseline); detection, accuracy on the "
+        "held-out split's trials (steered by directions of another seed than training's; chance 0.5; Wilson "
+        "interval, binomial test) per model, or its difference from the base's on the same trials (paired by trial). "
+        "A detection trial counts as said_yes when the model chose the answer that says 'steered' in that variant's "
+        "answers: 'yes' for the original, 'no' for flipped labels, the pair's first option (Red) for a neutral pair; "
+        "a base model is read on each of its variants' data under that variant's mapping, so its detection cell has "
+        "one value per variant. "
+        + ("" if "detection" in tables else "This run has no detection data (no LoRA model of a trained variant is "
+           "evaluated)."),
         *[figure(name, CAPTIONS[name]) for name in CAPTIONS if any(name in f for f in inputs["selfknowledge_figures"])],
-        markdown_table(headline_table(tables)),
-        "Steering detection of finetuned variants (accuracy, FPR, d' by magnitude and layer range) is measured by "
-        "`selfknowledge.statistics.detection_statistics` once the finetuning rules write held-out detection trials; "
-        "this run has none.",
+        "Variant × evaluation (headline [95% CI]):",
+        markdown_table(variant_table(headline)),
+        "Every headline with its n, unit, Holm-adjusted p and Holm family:",
+        markdown_table(headline),
     ]
     return sections
 

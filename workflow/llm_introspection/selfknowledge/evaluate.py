@@ -5,7 +5,8 @@ Every input is a one-turn conversation rendered as the model reads it (its chat 
 is an instruct model in its native frame, else a plain transcript: prompts.render_conversation).
 Answers are greedy (model.generate without sampling, no scores kept); option probabilities come
 from one forward pass per sequence (readout.options), whose full-vocabulary logits live for that
-batch only.
+batch only. Detection reads the finetuning rules' steer-then-remove examples
+(finetune.steer_remove.read_answers).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import numpy as np
 import torch
 
 from ..batching import PAD_ID, left_pad
+from ..errors import InputError
+from ..finetune.design import Variant, steered_option
+from ..finetune.steer_remove import read_answers
 from ..injection.inputs import answer_start, conversation_ids, option_frame
 from ..injection.texts import AnswerSpec
 from ..prompts import TRANSCRIPT_LABELS, encode, uses_chat_template
@@ -219,4 +223,49 @@ def run_length_prediction(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
                         "abs_error": float(abs(predicted - n_words)) if predicted is not None else np.nan,
                         "first_word": first, "first_word_answer": first_answer, "predicted_first_word": guess,
                         "first_word_correct": first is not None and guess == first})
+    return records
+
+
+def run_detection(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: dict, data: list[dict],
+                  batch_size: int) -> list[dict]:
+    """Steer-then-remove detection: every example of each detection data set (`data`: per variant,
+    its `variant` name, its `splits` (split -> the detection data file's content) and its
+    `directions` (pool -> unit directions)) read as finetune.steer_remove.read_answers reads it, one
+    record per trial. `said_yes`: the model chose the option that says "steered" in that variant's
+    answers (finetune.design.steered_option: "yes" for the original, "no" for flipped labels, the
+    pair's first option, e.g. Red, for a neutral pair), by the larger of the two options'
+    log-probabilities; `matches_label`: it chose the example's label (what training targeted,
+    corrupted labels included). InputError when the model's tokenizer or template differs from the
+    one the data were written with."""
+    records = []
+    for entry in data:
+        for split, content in entry["splits"].items():
+            variant = Variant(**content["variant"])
+            where = f"detection data of variant {variant.name}, split {split} (made on {content['model']['name']})"
+            if tokenizer.convert_ids_to_tokens(content["option_ids"]) != content["option_tokens"]:
+                raise InputError(f"{where}: the option ids read {tokenizer.convert_ids_to_tokens(content['option_ids'])} "
+                                 f"with this model's tokenizer, not {content['option_tokens']}")
+            if is_chat(record) != is_chat(content["model"]):
+                raise InputError(f"{where}: the data were rendered {'with' if is_chat(content['model']) else 'without'} "
+                                 f"the chat template, and model {record['name']} reads "
+                                 f"{'it' if is_chat(record) else 'a plain transcript'}")
+            examples = content["examples"]
+            log_probs = read_answers(model, examples, content["question_ids"], entry["directions"],
+                                     content["option_ids"], batch_size)
+            yes = steered_option(variant)
+            options = content["options"]
+            for example, (log_a, log_b) in zip(examples, log_probs):
+                chose = 0 if log_a >= log_b else 1
+                mass = float(np.exp(log_a) + np.exp(log_b))
+                records.append({
+                    "item": f"{variant.name}/{split}/{example['index']}", "pair": variant.name, "split": split,
+                    "index": example["index"], "direction_kind": content["direction_kind"],
+                    "direction_set": example["direction_set"], "direction": example["direction"],
+                    "magnitude": example["magnitude"], "layer_range": example["layer_range"],
+                    "design_steered": example["design_steered"], "steered": example["steered"],
+                    "label": example["label"], "corrupted": example["corrupted"], "option_a": options[0],
+                    "option_b": options[1], "steered_answer": options[yes], "log_p_a": float(log_a),
+                    "log_p_b": float(log_b), "p_a": float(np.exp(log_a) / mass), "option_mass": mass,
+                    "chose": options[chose], "said_yes": chose == yes, "matches_label": chose == example["label"],
+                })
     return records

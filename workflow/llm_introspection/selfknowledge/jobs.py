@@ -1,28 +1,65 @@
 """The work of rule `selfknowledge`, free of Snakemake: one evaluation on one model, its model
-loaded once, every item batched; one JSON file of per-item records with its provenance."""
+loaded once, every item batched; one JSON file of per-item records with its provenance. Detection
+reads the finetuning rules' detection data (its splits and directions files, named with their
+sha256) instead of a resource file."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..jobs import log, open_model
 from ..models import load_tokenizer
-from ..storage import versions, write_json
+from ..finetune.design import Variant, steered_option
+from ..finetune.jobs import read_directions
+from ..injection.sweep import file_digest
+from ..storage import read_json, versions, write_json
 from . import evaluate
-from .design import EVALUATIONS
+from .design import DETECTION_DATA, DETECTION_SPLITS, EVALUATIONS
 from .texts import load_questions, load_tasks
 
 
+@dataclass(frozen=True)
+class DetectionData:
+    """The detection data one model is read on: per variant, its splits' files and directions."""
+
+    sets: list  # per variant: {"variant", "splits": {split: file content}, "directions": {pool: array}}
+    files: dict  # variant -> {split or "directions": {"path", "sha256"}}
+
+    def provenance(self) -> dict:
+        return {"variants": {entry["variant"]: {
+            "files": self.files[entry["variant"]], "data_model": next(iter(entry["splits"].values()))["model"]["name"],
+            "texts": next(iter(entry["splits"].values()))["texts"],
+            "steered_answer": {split: c["options"][steered_option(Variant(**c["variant"]))]
+                               for split, c in entry["splits"].items()}} for entry in self.sets}}
+
+
+def load_detection_data(resources: dict) -> DetectionData:
+    """`resources`: variant -> {split (design.DETECTION_SPLITS): data file, "directions": directions
+    file}, as rule detection_data wrote them."""
+    sets, files = [], {}
+    for variant, paths in resources.items():
+        splits = {split: read_json(paths[split]) for split in DETECTION_SPLITS}
+        sets.append({"variant": variant, "splits": splits, "directions": read_directions(paths["directions"])})
+        files[variant] = {key: {"path": str(path), "sha256": file_digest(path)} for key, path in paths.items()}
+    return DetectionData(sets, files)
+
+
 def _texts(evaluation: str, resources: dict, settings: dict):
-    if EVALUATIONS[evaluation].resource == "questions":
+    resource = EVALUATIONS[evaluation].resource
+    if resource == DETECTION_DATA:
+        return load_detection_data(resources)
+    if resource == "questions":
         return load_questions(resources["questions"], settings["questions_per_category"])
     return load_tasks(resources["tasks"])
 
 
 def _provenance(texts) -> dict:
+    if isinstance(texts, DetectionData):
+        return texts.provenance()
     return {"path": str(texts.path), "version": texts.version, "sha256": texts.sha256}
 
 
@@ -42,7 +79,7 @@ def run_selfknowledge(manifest_path: Path | str, evaluation: str, output_path: P
         arguments["answer_pairs"] = [tuple(pair) for pair in settings["answer_pairs"]]
     started = time.perf_counter()
     with torch.inference_mode():
-        records = run(model, tokenizer, record, texts, **arguments)
+        records = run(model, tokenizer, record, texts.sets if evaluation == "detection" else texts, **arguments)
     seconds = time.perf_counter() - started
     items = len({r["item"] for r in records})
     log(f"{evaluation}: {len(records)} records over {items} items in {seconds:.1f} s "

@@ -44,6 +44,13 @@ SELFKNOWLEDGE_MEASURES = (
     ("selfknowledge_length_prediction", "mae_minus_baseline", "", "length_mae_minus_baseline"),
     ("selfknowledge_length_prediction", "first_word_accuracy", "", "length_first_word_accuracy"),
 )
+# Detection: a model's accuracy on its own variant's held-out trials and its gain over its base on
+# them. A base model read on several variants' data has no one accuracy (each variant's answer
+# mapping reads its answers differently), so it is NaN there.
+DETECTION_MEASURES = (
+    ("selfknowledge_detection", "accuracy", "heldout", "detection_heldout_accuracy"),
+    ("selfknowledge_detection", "accuracy_difference", "heldout", "detection_heldout_gain_vs_base"),
+)
 
 
 def core_measures(coding: pd.DataFrame, entropy: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
@@ -90,6 +97,13 @@ def profile_table(inputs: dict, models: dict) -> pd.DataFrame:
             rows = stats[(stats["measure"] == measure) & (stats["subset"] == subset)]
             first_pair = rows["pair"].iloc[0] if len(rows) else ""
             table[column] = rows[rows["pair"] == first_pair].groupby("model")["estimate"].mean()
+    for key, measure, subset, column in DETECTION_MEASURES:
+        if key in inputs:
+            stats = read_csv(inputs[key]).fillna({"subset": "", "pair": ""})
+            rows = stats[(stats["measure"] == measure) & (stats["subset"] == subset)]
+            single = rows.groupby("model")["pair"].nunique()
+            rows = rows[rows["model"].isin(single[single == 1].index)]
+            table[column] = rows.groupby("model")["estimate"].mean()
     design = pd.DataFrame({name: {"family": m["family"], "size_b": m["size_b"], "variant": m["variant"],
                                   "source_kind": m["source"]["kind"], "base": m["source"].get("base", "")}
                            for name, m in models.items()}).T

@@ -3,7 +3,9 @@ prompts): a mean over items with a percentile bootstrap CI over items, never ove
 item. Per model, and per comparison of a model with its base (design.comparisons): the
 difference paired by item, a bootstrap CI and a t-test over items. p-values are Holm-adjusted
 within each evaluation's family, named in the `family` column: one (model or comparison, answer
-pair) for answer_shift, one model or comparison for the others.
+pair) for answer_shift, one (model or comparison, detection data variant) for detection (its
+`pair` column names the variant whose data the trials are: a base model is read on each of its
+variants' data), one model or comparison for the others.
 
 Every table has the columns of COLUMNS, one row per (model or comparison, measure, subset).
 """
@@ -181,10 +183,6 @@ def length_prediction_rows(records: pd.DataFrame, base: pd.DataFrame | None, see
              "high": NAN, "n_items": int(len(records)), "p_value": NAN}]
 
 
-ROWS = {"answer_shift": answer_shift_rows, "self_prediction": self_prediction_rows,
-        "calibration": calibration_rows, "length_prediction": length_prediction_rows}
-
-
 def detection_statistics(records: pd.DataFrame) -> pd.DataFrame:
     """Steering detection of one model from per-trial records (columns split, magnitude,
     layer_range, steered, said_yes): per split, accuracy (chance 0.5, binomial test) and the
@@ -209,6 +207,43 @@ def detection_statistics(records: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+DETECTION_KEYS = ("pair", "split", "index")
+
+
+def detection_rows(records: pd.DataFrame, base: pd.DataFrame | None, seed: int, n_resamples: int) -> list[dict]:
+    """Per detection data variant (`pair`: a base model is read on the data of each of its
+    variants). One model: detection_statistics. A comparison: per split, the differences (variant
+    - base) of correct (said_yes == steered) over all trials, of said_yes on steered trials (hit
+    rate) and on unsteered ones (false-positive rate), paired by trial (pair, split, index), with
+    a bootstrap CI and a t-test over trials; only the base's trials on the variant's data pair."""
+    records = records.assign(steered=records["steered"].astype(bool), said_yes=records["said_yes"].astype(bool))
+    rows = []
+    if base is None:
+        for pair, own in records.groupby("pair", sort=False):
+            table = detection_statistics(own)
+            rows += [{"pair": pair, **r} for r in table.drop(columns=["p_holm"]).to_dict("records")]
+        return rows
+    base = base.assign(steered=base["steered"].astype(bool), said_yes=base["said_yes"].astype(bool))
+    joined = records.merge(base, on=list(DETECTION_KEYS), suffixes=("", "_base"))
+    for (pair, split), trials in joined.groupby(["pair", "split"], sort=False):
+        correct = (trials["said_yes"] == trials["steered"]).astype(float).to_numpy()
+        correct_base = (trials["said_yes_base"] == trials["steered_base"]).astype(float).to_numpy()
+        said, said_base = trials["said_yes"].astype(float).to_numpy(), trials["said_yes_base"].astype(float).to_numpy()
+        steered = trials["steered"].to_numpy()
+        for measure, diffs in (("accuracy_difference", correct - correct_base),
+                               ("hit_rate_difference", (said - said_base)[steered]),
+                               ("false_positive_rate_difference", (said - said_base)[~steered])):
+            rows.append({"pair": pair, **_row(measure, diffs, split, seed, n_resamples, test=True)})
+    return rows
+
+
+ROWS = {"answer_shift": answer_shift_rows, "self_prediction": self_prediction_rows,
+        "calibration": calibration_rows, "length_prediction": length_prediction_rows, "detection": detection_rows}
+# Evaluations whose comparisons are LoRA model vs base only: a base/instruct pair read each its own
+# detection data, so their trials do not pair.
+LORA_COMPARISONS_ONLY = ("detection",)
+
+
 def _with_holm(rows: list[dict], family: str) -> list[dict]:
     p = np.array([r.get("p_value", NAN) for r in rows], dtype=float)
     tested = ~np.isnan(p)
@@ -226,7 +261,8 @@ def evaluation_table(evaluation: str, records: pd.DataFrame, models: dict, seed:
     by_model = {name: group for name, group in records.groupby("model", sort=False)}
     blocks = [(name, "", "per_model", frame, None) for name, frame in by_model.items()]
     blocks += [(variant, base, kind, by_model[variant], by_model[base])
-               for variant, base, kind in comparisons(models, by_model)]
+               for variant, base, kind in comparisons(models, by_model)
+               if kind == "lora_vs_base" or evaluation not in LORA_COMPARISONS_ONLY]
     out = []
     for name, base, kind, frame, base_frame in blocks:
         rows = rows_of(frame, base_frame, seed, n_resamples)
