@@ -211,7 +211,9 @@ SELFKNOWLEDGE_MODELS = selfknowledge_design.evaluated_models(
 )
 # Steering detection applies to the evaluated models with detection data (LoRA models of a trained
 # variant and their bases); with none, the evaluation is left out.
-SELFKNOWLEDGE_DETECTION = selfknowledge_design.detection_data(MODELS, SELFKNOWLEDGE_MODELS)
+SELFKNOWLEDGE_DETECTION = selfknowledge_design.detection_data(
+    MODELS, SELFKNOWLEDGE_MODELS
+)
 SELFKNOWLEDGE_EVALUATIONS = [
     e
     for e in (SELFKNOWLEDGE["evaluations"] if SELFKNOWLEDGE_MODELS else [])
@@ -549,7 +551,8 @@ SELFKNOWLEDGE_FIGURES = (
 
 def get_selfknowledge_resources(wildcards):
     """The one resource file an evaluation reads, by its key; for detection, per variant whose data
-    the model is read on, the split files and the directions file of rule detection_data."""
+    the model is read on, the split files and the directions file of rule detection_data.
+    """
     key = selfknowledge_design.EVALUATIONS[wildcards.evaluation].resource
     if key != selfknowledge_design.DETECTION_DATA:
         return {key: SELFKNOWLEDGE["resources"][key]}

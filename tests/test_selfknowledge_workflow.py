@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY_LLAMA, snakemake, tiny_spec, write_study
-from test_workflow import planned
+from conftest import REPO, TINY_LLAMA, planned, snakemake, tiny_spec, write_study
+
 from llm_introspection.config import read_yaml
 from llm_introspection.errors import InputError
 from llm_introspection.selfknowledge.profile import MIN_MODELS, correlations, spearman_row
