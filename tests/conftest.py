@@ -178,7 +178,6 @@ def planned_rules(result):
     return sorted(rule for rule, _ in planned(result))
 
 
-
 EMBEDDED_MODELS = ("gemma3-270m", "smollm2-135m-instruct")
 
 
