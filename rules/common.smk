@@ -185,6 +185,10 @@ if config["judge"]["model"] not in MODELS:
         f"({', '.join(MODELS)}); the judge must be a model of the config"
     )
 PER_PROMPT_JOBS = config["jobs"]["granularity"] == "prompt"
+# A model job's threads, and its share of the one model_jobs slot of profiles/default: with
+# runtime.exclusive false, model jobs take none and run side by side as --cores allows.
+MODEL_THREADS = config["runtime"]["threads"]
+MODEL_JOB_SLOT = 1 if config["runtime"]["exclusive"] else 0
 
 INJECTION = config["injection"]
 for name in INJECTION["models"]:

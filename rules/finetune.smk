@@ -20,10 +20,10 @@ rule detection_data:
         variant=names_pattern(FINETUNE_VARIANTS),
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=get_model_gpus,
-        model_jobs=1,
+        model_jobs=MODEL_JOB_SLOT,
     params:
         variant=get_variant_entry,
         settings=settings_of("finetune", DETECTION_DATA_SETTINGS),
@@ -53,10 +53,10 @@ rule finetune:
         variant=names_pattern(FINETUNE_VARIANTS),
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=get_model_gpus,
-        model_jobs=1,
+        model_jobs=MODEL_JOB_SLOT,
     params:
         settings=settings_of("finetune", FINETUNE_SETTINGS),
         runtime=get_runtime,

@@ -11,10 +11,10 @@ rule generate:
         job_file("results/benchmarks/generate", ".tsv")
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=get_model_gpus,
-        model_jobs=1,
+        model_jobs=MODEL_JOB_SLOT,
     params:
         generation=canonical(config["generation"]),
         runtime=get_runtime,

@@ -21,10 +21,10 @@ rule concept_vectors:
         "results/benchmarks/concept_vectors/{model}.tsv"
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=get_model_gpus,
-        model_jobs=1,
+        model_jobs=MODEL_JOB_SLOT,
     params:
         layers=[float(layer) for layer in vector_layers()],
         settings=settings_of("injection", registry.VECTOR_SETTINGS),
@@ -51,10 +51,10 @@ for experiment in INJECTION["experiments"]:
             f"results/benchmarks/inject/{experiment}/{{model}}.tsv"
         conda:
             "../envs/model.yaml"
-        threads: 2
+        threads: MODEL_THREADS
         resources:
             gpu=get_model_gpus,
-            model_jobs=1,
+            model_jobs=MODEL_JOB_SLOT,
         params:
             experiment=experiment,
             cells=inject_cells(experiment),
@@ -78,10 +78,10 @@ rule grade_injection:
         "results/benchmarks/grade_injection/{model}.tsv"
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=get_judge_gpus,
-        model_jobs=1,
+        model_jobs=MODEL_JOB_SLOT,
     params:
         settings=settings_of("injection", registry.GRADING_SETTINGS),
         resources=injection_resources(registry.GRADING_RESOURCES),

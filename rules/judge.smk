@@ -16,10 +16,10 @@ rule judge:
         "results/benchmarks/judge/{model}.tsv"
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=get_judge_gpus,
-        model_jobs=1,
+        model_jobs=MODEL_JOB_SLOT,
     params:
         judge=settings_of("judge", ("max_completion_tokens", "batch_size")),
         runtime=get_judge_runtime,

@@ -21,10 +21,10 @@ rule selfknowledge:
         evaluation="|".join(selfknowledge_design.EVALUATIONS),
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=get_model_gpus,
-        model_jobs=1,
+        model_jobs=MODEL_JOB_SLOT,
     params:
         settings=get_selfknowledge_settings,
         resources=get_selfknowledge_resources,

@@ -10,10 +10,10 @@ rule trace:
         job_file("results/benchmarks/trace", ".tsv")
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=get_model_gpus,
-        model_jobs=1,
+        model_jobs=MODEL_JOB_SLOT,
     params:
         trace=canonical(config["trace"]),
         runtime=get_runtime,
@@ -35,10 +35,10 @@ rule trace_cross:
         model=names_pattern(PARTNER),
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=get_model_gpus,
-        model_jobs=1,
+        model_jobs=MODEL_JOB_SLOT,
     params:
         trace=canonical(config["trace"]),
         runtime=get_runtime,
@@ -61,10 +61,10 @@ rule trace_noise:
         model=names_pattern(PAIR_BASES),
     conda:
         "../envs/model.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=get_pair_gpus,
-        model_jobs=1,
+        model_jobs=MODEL_JOB_SLOT,
     params:
         trace=canonical(config["trace"]),
         runtime=get_pair_runtime,

@@ -39,7 +39,8 @@ def test_default_config_is_the_embedded_small_design(prompts):
     assert len(select_prompt_ids(config["prompts"], prompts)) == 8
     assert config["trace"]["layer_fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert config["runtime"] == {"device": "auto", "dtype": "auto", "gpu_memory_gb": 80, "gpu_weights_share": 0.6,
-                                 "memory_budget_gb": None, "memory_fraction": 0.9, "progress_interval_s": 30}
+                                 "memory_budget_gb": None, "memory_fraction": 0.9, "progress_interval_s": 30,
+                                 "threads": 1, "exclusive": False}  # two one-thread model jobs side by side
 
 
 def test_seed_study_config_reproduces_the_original_design(prompts):

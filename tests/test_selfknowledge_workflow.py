@@ -22,9 +22,8 @@ def test_default_study_plans_every_evaluation_per_model_detection_where_there_is
     write_study(tmp_path, config)
     result = snakemake(tmp_path, "-n", timeout=300)
     jobs = [w for rule, w in planned(result) if rule == "selfknowledge"]
-    # four evaluations x (two embedded models + three finetuned variants); detection on the variants
-    # and their base only (gemma3-270m has no detection data)
-    assert len(jobs) == 4 * 5 + 4
+    # five evaluations x (SmolLM2 + its three finetuned variants); gemma3-270m is not evaluated
+    assert len(jobs) == 5 * 4 and not any("gemma3" in w for w in jobs)
     assert sorted(w for w in jobs if "evaluation=detection" in w) == [
         f"evaluation=detection, model=smollm2-135m-instruct{suffix}"
         for suffix in ("", "-ft-flipped-labels", "-ft-neutral-red-blue", "-ft-original")]

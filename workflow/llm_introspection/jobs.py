@@ -124,6 +124,8 @@ def open_model(manifest_path: Path | str, runtime: dict, threads: int) -> tuple[
     record.update({key: manifest[key] for key in ("base", "adapter") if key in manifest})  # LoRA variants
     if gpus > 1:
         record["gpus"] = gpus
+    if device == "cpu":  # float sums on a CPU depend on how many threads share them
+        record["cpu_threads"] = threads
     return model, manifest, record, load_s
 
 
