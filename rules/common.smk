@@ -16,7 +16,12 @@ from llm_introspection.models_check import (
     check_lora_sources,
     check_models,
 )
-from llm_introspection.prompts import load_prompt_set, select_prompt_ids
+from llm_introspection.prompts import (
+    load_prompt_set,
+    select_prompt_ids,
+    template_day,
+    uses_chat_template,
+)
 from llm_introspection.records import base_instruct_pairs, condition
 from llm_introspection.selfknowledge import design as selfknowledge_design
 from llm_introspection.selfknowledge.texts import load_questions, load_tasks
@@ -51,6 +56,7 @@ def finetuned_pairs(config):
 # sources (there, and custom code only where trusted; no weights are loaded).
 try:
     validate(config, "config", "the config")
+    template_day(config["prompts"]["template_date"])  # a real day, not only its form
     check_models(config["models"])
     check_lora_sources(config["models"], config["finetune"]["variants"])
     PROMPTS = load_prompt_set(config["prompts"]["dir"])
@@ -268,6 +274,31 @@ def model_runtime(name):
     if gpus > 1:
         runtime["gpus"] = gpus
     return canonical(runtime)
+
+
+def template_date(name):
+    """prompts.template_date for the jobs that render model `name`'s inputs through its chat
+    template (an instruct model in its native frame), None for a model that reads a plain frame:
+    changing the date reruns exactly the jobs whose rendered inputs can print it. It is a param of
+    its own, not a runtime key, so that the jobs that only read token ids (trace, finetune) and
+    prepare_model do not carry it. The judge renders through its tokenizer's chat template whatever
+    its variant: rules judge and grade_injection take the date itself."""
+    spec = MODELS[name]
+    if uses_chat_template(spec["variant"], spec["frame"]):
+        return config["prompts"]["template_date"]
+    return None
+
+
+def get_template_date(wildcards):
+    return template_date(wildcards.model)
+
+
+def get_vector_template_date(wildcards):
+    """concept_vectors renders requests for mean-subtraction vectors only (contrastive pairs are
+    read as plain text)."""
+    if INJECTION["vector_method"] != "mean_subtraction":
+        return None
+    return template_date(wildcards.model)
 
 
 def model_gpus(name, copies=1):

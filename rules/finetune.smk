@@ -28,6 +28,7 @@ rule detection_data:
         variant=get_variant_entry,
         settings=settings_of("finetune", DETECTION_DATA_SETTINGS),
         runtime=get_runtime,
+        template_date=get_template_date,
     script:
         "../workflow/scripts/detection_data.py"
 

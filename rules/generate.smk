@@ -18,6 +18,7 @@ rule generate:
     params:
         generation=canonical(config["generation"]),
         runtime=get_runtime,
+        template_date=get_template_date,
         study=config["study"],
     script:
         "../workflow/scripts/generate.py"

@@ -30,6 +30,7 @@ rule concept_vectors:
         settings=settings_of("injection", registry.VECTOR_SETTINGS),
         resources=injection_resources(registry.VECTOR_RESOURCES),
         runtime=get_runtime,
+        template_date=get_vector_template_date,
     script:
         "../workflow/scripts/concept_vectors.py"
 
@@ -61,6 +62,7 @@ for experiment in INJECTION["experiments"]:
             settings=inject_settings(experiment),
             resources=injection_resources(EXPERIMENTS[experiment].resources),
             runtime=get_runtime,
+            template_date=get_template_date,
         script:
             "../workflow/scripts/inject.py"
 
@@ -86,6 +88,7 @@ rule grade_injection:
         settings=settings_of("injection", registry.GRADING_SETTINGS),
         resources=injection_resources(registry.GRADING_RESOURCES),
         runtime=get_judge_runtime,
+        template_date=config["prompts"]["template_date"],
     script:
         "../workflow/scripts/grade_injection.py"
 

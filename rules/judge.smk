@@ -23,6 +23,7 @@ rule judge:
     params:
         judge=settings_of("judge", ("max_completion_tokens", "batch_size")),
         runtime=get_judge_runtime,
+        template_date=config["prompts"]["template_date"],
     script:
         "../workflow/scripts/judge.py"
 

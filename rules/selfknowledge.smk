@@ -29,6 +29,7 @@ rule selfknowledge:
         settings=get_selfknowledge_settings,
         resources=get_selfknowledge_resources,
         runtime=get_runtime,
+        template_date=get_template_date,
     script:
         "../workflow/scripts/selfknowledge.py"
 

@@ -11,6 +11,7 @@ from conftest import REPO, TINY_LLAMA, load_tiny, tiny_spec
 from llm_introspection import jobs
 from llm_introspection.activations import POSITIONS, reduce_states, write_activations
 from llm_introspection.models import prepare_model
+from llm_introspection.prompts import TEMPLATE_DATE
 from llm_introspection.storage import write_json
 from llm_introspection.study.probing import POOLINGS, pooled_activations
 
@@ -96,7 +97,8 @@ def test_generate_with_a_memory_budget_plans_logs_and_samples_what_an_unconstrai
         runtime = {"device": "cpu", "dtype": "float32", "memory_budget_gb": budget, "progress_interval_s": 1e-9}
         out = tmp_path / name
         jobs.run_generate(tmp_path / "manifest.json", [prompt], [out / "self_reference_01.json"], [out / "self_reference_01.h5"], "test",
-                          {"generation": gen, "runtime": {k: v for k, v in runtime.items() if v is not None}}, 1)
+                          {"generation": gen, "runtime": {k: v for k, v in runtime.items() if v is not None}}, 1,
+                          template_date=TEMPLATE_DATE)
         results[name] = json.loads((out / "self_reference_01.json").read_text())
         with h5py.File(out / "self_reference_01.h5") as h5:
             assert json.loads(h5.attrs["batching"]) == results[name]["batching"]

@@ -13,6 +13,7 @@ from llm_introspection.injection.concepts import (
 )
 from llm_introspection.injection.texts import load_concept_words, load_contrastive_pairs, load_neutral_sentences
 from llm_introspection.errors import InputError
+from llm_introspection.prompts import TEMPLATE_DATE
 from llm_introspection.steering import Positions, steer
 
 CONCEPTS = REPO / "resources/concepts/concepts.yaml"
@@ -243,10 +244,13 @@ def test_all_layers_in_one_pass_write_the_files_of_one_layer_at_a_time(tokenizer
     runtime = {"device": "cpu", "dtype": "float32"}
     fractions = [0.25, 0.5, 1.0]
     together = [tmp_path / f"all/layer{f}.h5" for f in fractions]
-    run_concept_vectors(tmp_path / "manifest.json", fractions, together, settings, resources, runtime, 2)
+    date = TEMPLATE_DATE if method == "mean_subtraction" else None
+    run_concept_vectors(tmp_path / "manifest.json", fractions, together, settings, resources, runtime, 2,
+                        template_date=date)
     for fraction, path in zip(fractions, together):
         alone = tmp_path / f"alone/layer{fraction}.h5"
-        run_concept_vectors(tmp_path / "manifest.json", [fraction], [alone], settings, resources, runtime, 2)
+        run_concept_vectors(tmp_path / "manifest.json", [fraction], [alone], settings, resources, runtime, 2,
+                            template_date=date)
         a, b = load_vectors(path), load_vectors(alone)
         assert a.attrs == b.attrs and a.attrs["layer_fraction"] == fraction
         np.testing.assert_array_equal(a.vectors, b.vectors)

@@ -1,5 +1,6 @@
 """The shipped configs and prompt set, and how prompts are rendered."""
 
+import ast
 import copy
 import re
 import shutil
@@ -11,7 +12,7 @@ from llm_introspection.config import read_yaml, validate
 from llm_introspection.errors import InputError
 from llm_introspection.prompts import (
     PROMPT_TYPES, TEMPLATE_DATE, Prompt, answer_end_labels, load_prompt, load_prompt_set, render_prompt,
-    select_prompt_ids,
+    select_prompt_ids, template_day,
 )
 from llm_introspection.sampling import answer_end
 
@@ -178,21 +179,106 @@ DATED_TEMPLATE = (
     "Today Date: {{ date_string }}\n{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
+# A SmolLM3/Granite-style template: it prints today's date and reads no date_string.
+CLOCK_TEMPLATE = (
+    "Today Date: {{ strftime_now('%d %B %Y') }}\n{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+PROMPT = Prompt(id="p", type="self_reference", instruct="What are you?", base="Q: What are you?\nA:")
 
 
-def test_rendered_prompts_do_not_depend_on_the_day(tokenizer_dir, monkeypatch):
+def config_template_date(**prompts):
+    """prompts.template_date of the tiny study's config (with `prompts` set) as the workflow reads it."""
+    config = merged(copy.deepcopy(TINY_STUDY), {"prompts": prompts})
+    return validate(config, CONFIG_SCHEMA, "config")["prompts"]["template_date"]
+
+
+def test_the_template_date_defaults_to_the_librarys():
+    schema = read_yaml(CONFIG_SCHEMA)["properties"]["prompts"]["properties"]["template_date"]
+    assert schema["default"] == TEMPLATE_DATE == config_template_date()
+    assert read_yaml(REPO / "config/config.yaml")["prompts"]["template_date"] == TEMPLATE_DATE
+    assert read_yaml(REPO / "config/seed_study.yaml")["prompts"]["template_date"] == TEMPLATE_DATE
+
+
+@pytest.mark.parametrize("template, printed", [(DATED_TEMPLATE, TEMPLATE_DATE), (CLOCK_TEMPLATE, "26 July 2024")])
+def test_rendered_prompts_do_not_depend_on_the_day(tokenizer_dir, monkeypatch, template, printed):
+    """Under two faked clocks a template that prints the date renders the same ids: the config's
+    date, as date_string (Llama 3) or as the day its strftime_now tells (a template without one)."""
     from datetime import datetime
 
     from transformers import AutoTokenizer
     from transformers.utils import chat_template_utils
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.chat_template = DATED_TEMPLATE
-    prompt = Prompt(id="p", type="self_reference", instruct="What are you?", base="Q: What are you?\nA:")
+    tokenizer.chat_template = template
+    date = config_template_date()
     rendered, unpinned = [], []
     for day in (datetime(2025, 1, 1), datetime(2031, 6, 30)):
         monkeypatch.setattr(chat_template_utils, "datetime", type("Clock", (), {"now": staticmethod(lambda: day)}))
-        rendered.append(render_prompt(prompt, tokenizer, "instruct", "native", "m"))
+        rendered.append(render_prompt(PROMPT, tokenizer, "instruct", "native", "m", template_date=date))
         unpinned.append(tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False))
+        assert chat_template_utils.datetime.now() == day  # the clock is the test's again after rendering
     assert unpinned[0] != unpinned[1]  # the template does read the clock
-    assert rendered[0] == rendered[1] and f"Today Date: {TEMPLATE_DATE}" in rendered[0][0]
+    assert rendered[0] == rendered[1] and f"Today Date: {printed}\n" in rendered[0][0]
+
+
+@pytest.mark.parametrize("template, printed", [(DATED_TEMPLATE, "1 Mar 2031"), (CLOCK_TEMPLATE, "01 March 2031")])
+def test_changing_the_template_date_changes_the_rendered_ids(tokenizer_dir, template, printed):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.chat_template = template
+    default, later = (render_prompt(PROMPT, tokenizer, "instruct", "native", "m",
+                                    template_date=config_template_date(**settings))
+                      for settings in ({}, {"template_date": "1 Mar 2031"}))
+    assert default[1] != later[1] and f"Today Date: {printed}\n" in later[0]
+    # a model that reads a plain frame renders no template: no date, and none needed
+    assert render_prompt(PROMPT, tokenizer, "base", "native", "m", template_date=None)[0] == PROMPT.base
+    with pytest.raises(ValueError, match="only with a template date"):
+        render_prompt(PROMPT, tokenizer, "instruct", "native", "m", template_date=None)
+
+
+def test_a_template_date_that_is_no_day_is_refused_naming_the_key():
+    with pytest.raises(InputError, match=re.escape("key 'prompts.template_date': '2024-07-26' does not match")):
+        config_template_date(template_date="2024-07-26")
+    assert config_template_date(template_date="5 Jan 2025") == "5 Jan 2025"
+    assert template_day("05 Jan 2025") == template_day("5 Jan 2025")
+    with pytest.raises(InputError, match=re.escape("config key 'prompts.template_date': '31 Feb 2024' is not a day")):
+        template_day(config_template_date(template_date="31 Feb 2024"))  # the form passes; the Snakefile checks the day
+
+
+LIBRARY_AND_SCRIPTS = (REPO / "workflow/llm_introspection", REPO / "workflow/scripts")
+
+
+def test_every_call_of_a_renderer_passes_the_template_date_on():
+    """Every function of the library that renders a chat template takes `template_date` (defaulting
+    to TEMPLATE_DATE, or required): every call of one in the library and the rule scripts passes it
+    on, so no job renders with the default when its config says another date."""
+    trees = {path: ast.parse(path.read_text()) for folder in LIBRARY_AND_SCRIPTS for path in folder.rglob("*.py")}
+    positions = {}  # renderer -> the position of template_date among its positional parameters (None: keyword-only)
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            arguments = node.args
+            positional = [a.arg for a in [*arguments.posonlyargs, *arguments.args]]
+            defaults = dict(zip(positional[len(positional) - len(arguments.defaults):], arguments.defaults))
+            defaults |= {a.arg: d for a, d in zip(arguments.kwonlyargs, arguments.kw_defaults)}
+            if "template_date" in positional or "template_date" in [a.arg for a in arguments.kwonlyargs]:
+                default = defaults.get("template_date")
+                if default is None or ast.unparse(default) == "TEMPLATE_DATE":  # open_model's None: no renderer
+                    index = positional.index("template_date") if "template_date" in positional else None
+                    positions[node.name] = index
+    assert {"apply_template", "render_prompt", "chat_text", "render_conversation", "render_turns", "framed_ids",
+            "conversation_ids", "run_generate", "run_judge", "run_inject"} <= set(positions)
+    missing = []
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name not in positions or any(k.arg == "template_date" for k in node.keywords):
+                continue
+            if positions[name] is None or len(node.args) <= positions[name]:
+                missing.append(f"{path.relative_to(REPO)}:{node.lineno}: {name}")
+    assert not missing, "calls that leave template_date to its default: " + "; ".join(missing)

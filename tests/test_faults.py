@@ -17,6 +17,7 @@ from llm_introspection.errors import InputError
 from llm_introspection.jobs import run_generate
 from llm_introspection.models import prepare_model
 from llm_introspection.models_check import check_models
+from llm_introspection.prompts import TEMPLATE_DATE
 from llm_introspection.records import completion_rows
 from llm_introspection.sampling import check_context
 from llm_introspection.storage import (
@@ -166,7 +167,8 @@ def test_a_prompt_longer_than_the_context_is_refused_before_sampling(tokenizer_d
                                          r"prompt self_reference_01 is \d+ tokens \+ 4 new"):
         run_generate(manifest, [REPO / "resources/prompts/self_reference_01.yaml"], [output],
                      [tmp_path / "results/entropy/short/self_reference_01.h5"], "test",
-                     {"generation": generation, "runtime": {"device": "cpu", "dtype": "float32"}}, 1)
+                     {"generation": generation, "runtime": {"device": "cpu", "dtype": "float32"}}, 1,
+                     template_date=TEMPLATE_DATE)
     assert not output.exists()
 
 

@@ -2,11 +2,14 @@
 jobs that read it, and the same config with its keys in another order plans nothing."""
 
 import json
+import re
 
+import pandas as pd
 import pytest
 import yaml
 
 from conftest import TINY_STUDY, copy_study, merged, planned, snakemake, write_study
+from llm_introspection.prompts import TEMPLATE_DATE
 
 pytestmark = pytest.mark.workflow
 
@@ -64,3 +67,47 @@ def test_a_new_strength_computes_only_its_cells_and_a_changed_key_all(localizati
     snakemake(study, new)
     assert "localization: 2 of 2 cells computed, 0 current" in log.read_text()
     assert json.loads(cell.read_text())["n_records"] == 3 * json.loads(first)["n_records"] // 2
+
+
+def planned_reasons(result):
+    """(rule, wildcards, reason) of every job a dry run plans, the target rule `all` aside."""
+    jobs = []
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", result.stdout, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        wildcards, reason = (re.search(rf"^    {key}: (.*)$", block, flags=re.M) for key in ("wildcards", "reason"))
+        if rule != "all":
+            jobs.append((rule, wildcards.group(1) if wildcards else "", reason.group(1) if reason else ""))
+    return jobs
+
+
+def test_the_template_date_reruns_exactly_the_jobs_that_render_a_chat_template(localization_study, tmp_path):
+    """prompts.template_date is a param of the jobs that render a chat template: the instruct model's
+    (in its native frame) generate, concept_vectors and inject jobs, and the judge of every model;
+    not of the base model's or the base-frame twin's jobs, nor of prepare_model or trace (which read
+    token ids). Their outputs record the date."""
+    study = copy_study(localization_study, tmp_path)
+    generation = json.loads(next((study / "results/generations/tiny-instruct").glob("*.json")).read_text())
+    assert generation["model"]["template_date"] == generation["prompt"]["template_date"] == TEMPLATE_DATE
+    base = json.loads(next((study / "results/generations/tiny-base").glob("*.json")).read_text())
+    assert base["model"]["template_date"] is base["prompt"]["template_date"] is None  # no template rendered
+    assert json.loads((study / CELL).read_text())["model"]["template_date"] == TEMPLATE_DATE
+    assert set(pd.read_csv(study / "results/judge/tiny-base.csv")["judge_template_date"]) == {TEMPLATE_DATE}
+    write_study(study, CONFIG, prompts={"template_date": "1 Mar 2031"})
+    jobs = planned_reasons(snakemake(study, "--dry-run"))
+    by_params = {(rule, wildcards) for rule, wildcards, reason in jobs if "Params have changed" in reason}
+    assert by_params == {("generate", "model=tiny-instruct"), ("concept_vectors", "model=tiny-instruct"),
+                         ("judge", "model=tiny-base"), ("judge", "model=tiny-instruct-base-frame")}
+    planned_jobs = {(rule, wildcards) for rule, wildcards, _ in jobs}
+    assert {("trace", "model=tiny-instruct"), ("judge", "model=tiny-instruct"),
+            ("inject_localization", "model=tiny-instruct")} <= planned_jobs  # for their new inputs (the reason shown)
+    assert "prepare_model" not in {rule for rule, _ in planned_jobs}
+    assert not {("generate", "model=tiny-base"), ("generate", "model=tiny-instruct-base-frame")} & planned_jobs
+    # with the jobs upstream held back, the judge and inject jobs rerun for their own params; trace does not
+    activations = next((study / "results/activations/tiny-instruct").glob("*.h5")).relative_to(study)
+    held = planned_reasons(snakemake(study, "--dry-run", "--allowed-rules", "judge", "inject_localization", "trace",
+                                     "--", "results/judge/tiny-instruct.csv", CELL, str(activations)))
+    assert {(rule, wildcards) for rule, wildcards, reason in held if "Params have changed" in reason} == {
+        ("judge", "model=tiny-instruct"), ("inject_localization", "model=tiny-instruct")} == {
+        (rule, wildcards) for rule, wildcards, _ in held}
+    snakemake(study, "results/judge/tiny-base.csv")  # the judge reads no generation that changes
+    assert set(pd.read_csv(study / "results/judge/tiny-base.csv")["judge_template_date"]) == {"1 Mar 2031"}

@@ -10,7 +10,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, load_tiny, tiny_spec
 from llm_introspection import jobs
 from llm_introspection.models import prepare_model
-from llm_introspection.prompts import load_prompt
+from llm_introspection.prompts import TEMPLATE_DATE, load_prompt
 from llm_introspection.sampling import (
     SamplingParams, answer_end, answer_length, draw, eos_token_ids, noise_streams, sample_completions,
     sampling_distribution, token_statistics,
@@ -205,7 +205,8 @@ def test_generate_cuts_a_base_frame_at_its_next_turn_only(variant, tokenizer_dir
                                "batch_size": 1, "top_k_mass": 10},
                 "runtime": {"device": "cpu", "dtype": "float32"}}
     paths = [tmp_path / "generations/self_reference_01.json"], [tmp_path / "entropy/self_reference_01.h5"]
-    jobs.run_generate(tmp_path / "manifest.json", [prompt_path], *paths, "test", settings, 1)
+    jobs.run_generate(tmp_path / "manifest.json", [prompt_path], *paths, "test", settings, 1,
+                      template_date=TEMPLATE_DATE if variant == "instruct" else None)
     generation = json.loads(paths[0][0].read_text())
     (rep,) = generation["reps"]
     if variant == "base":

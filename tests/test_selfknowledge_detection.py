@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO, TINY_LLAMA, tiny_spec
 from llm_introspection.finetune.design import Variant, steered_option
+from llm_introspection.prompts import TEMPLATE_DATE
 from llm_introspection.selfknowledge import evaluate
 from llm_introspection.selfknowledge.design import detection_data, evaluated_models
 from llm_introspection.selfknowledge.statistics import detection_rows, evaluation_table
@@ -46,7 +47,7 @@ def detection_files(tokenizer_dir, tmp_path_factory):
                  for key in ("train", "validation", "heldout", "directions")}
         run_detection_data(directory / "manifest.json", REPO / "resources/finetune/detection.yaml",
                            REPO / "resources/concepts/concepts.yaml", name, entry, SETTINGS, RUNTIME, 1,
-                           {key: str(path) for key, path in paths.items()})
+                           {key: str(path) for key, path in paths.items()}, template_date=TEMPLATE_DATE)
         resources[name] = {key: str(paths[key]) for key in ("validation", "heldout", "directions")}
     return directory / "manifest.json", resources
 
@@ -56,7 +57,7 @@ def test_the_job_reads_each_variants_trials_with_the_steered_answer_of_that_vari
 
     manifest, resources = detection_files
     out = tmp_path / "detection.json"
-    run_selfknowledge(manifest, "detection", out, {"batch_size": 8}, resources, RUNTIME, 1)
+    run_selfknowledge(manifest, "detection", out, {"batch_size": 8}, resources, RUNTIME, 1, template_date=TEMPLATE_DATE)
     data = json.loads(out.read_text())
     records = pd.DataFrame(data["records"])
     assert data["evaluation"] == "detection" and data["model"]["name"] == "tiny-instruct"

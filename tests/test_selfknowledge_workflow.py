@@ -13,6 +13,7 @@ from conftest import REPO, TINY_LLAMA, planned, snakemake, tiny_spec, write_stud
 
 from llm_introspection.config import read_yaml
 from llm_introspection.errors import InputError
+from llm_introspection.prompts import TEMPLATE_DATE
 from llm_introspection.selfknowledge.profile import MIN_MODELS, correlations, spearman_row
 from llm_introspection.study.statistics import spearman_exact
 
@@ -65,7 +66,7 @@ def test_job_writes_records_with_provenance(tokenizer_dir, tmp_path):
     settings = {"answer_pairs": [["Up", "Down"]], "questions_per_category": 1, "batch_size": 8}
     run_selfknowledge(tmp_path / "manifest.json", "answer_shift", out, settings,
                       {"questions": str(REPO / "resources/selfknowledge/questions.yaml")},
-                      {"device": "cpu", "dtype": "float32"}, 1)
+                      {"device": "cpu", "dtype": "float32"}, 1, template_date=TEMPLATE_DATE)
     data = json.loads(out.read_text())
     assert data["model"]["source"]["kind"] == "tiny_random" and data["model"]["dtype"] == "float32"
     assert data["texts"]["version"] == 1 and len(data["texts"]["sha256"]) == 64
@@ -76,7 +77,7 @@ def test_job_writes_records_with_provenance(tokenizer_dir, tmp_path):
     with pytest.raises(InputError, match="' Foo'"):
         run_selfknowledge(tmp_path / "manifest.json", "answer_shift", out, settings | {"answer_pairs": [["Foo", "Bar"]]},
                           {"questions": str(REPO / "resources/selfknowledge/questions.yaml")},
-                          {"device": "cpu", "dtype": "float32"}, 1)
+                          {"device": "cpu", "dtype": "float32"}, 1, template_date=TEMPLATE_DATE)
 
 
 def test_correlations_are_not_estimable_below_the_minimum_and_find_a_planted_rank_order():

@@ -25,7 +25,7 @@ from .memory import (
 )
 from .models import load_model, load_tokenizer, prepare_lora, prepare_model, resolve_device, resolve_dtype
 from .progress import Progress, compare_with_plan
-from .prompts import TEMPLATE_DATE, answer_end_labels, load_prompt, render_prompt, uses_chat_template
+from .prompts import answer_end_labels, load_prompt, render_prompt, uses_chat_template
 from .records import completion_rows, weight_noise_name
 from .sampling import COMPACT_BELOW, STAT_NAMES, SamplingParams, check_context, eos_token_ids, sample_completions
 from .storage import atomic_h5, read_json, set_attrs, versions, write_csv, write_json
@@ -102,9 +102,12 @@ def _compare(what, plan: BatchRecord, record, progress: Progress, projected_toke
         "on CUDA only)")
 
 
-def open_model(manifest_path: Path | str, runtime: dict, threads: int) -> tuple[PreTrainedModel, dict, dict, float]:
+def open_model(manifest_path: Path | str, runtime: dict, threads: int,
+               template_date: str | None = None) -> tuple[PreTrainedModel, dict, dict, float]:
     """Load a prepared model as the runtime config says; return it, its manifest, the model
-    record every output carries and the load time."""
+    record every output carries and the load time. The record's `template_date` is the date the
+    job renders the chat templates it renders with (config key prompts.template_date; None: the job
+    renders none, e.g. a model that reads a plain frame, or a trace of token ids)."""
     torch.set_num_threads(threads)
     manifest = read_json(manifest_path)
     device = resolve_device(runtime["device"])
@@ -119,7 +122,7 @@ def open_model(manifest_path: Path | str, runtime: dict, threads: int) -> tuple[
     record.update(
         model_type=manifest["model_type"], n_layers=manifest["n_layers"], hidden_size=manifest["hidden_size"],
         dtype=str(dtype).removeprefix("torch."), device=device,
-        trust_remote_code=manifest["trust_remote_code"],
+        trust_remote_code=manifest["trust_remote_code"], template_date=template_date,
     )
     record.update({key: manifest[key] for key in ("base", "adapter") if key in manifest})  # LoRA variants
     if gpus > 1:
@@ -130,19 +133,23 @@ def open_model(manifest_path: Path | str, runtime: dict, threads: int) -> tuple[
 
 
 def run_generate(manifest_path: Path | str, prompt_paths: Sequence[Path | str], generation_paths: Sequence[Path | str],
-                 entropy_paths: Sequence[Path | str], study: str, settings: dict, threads: int) -> None:
+                 entropy_paths: Sequence[Path | str], study: str, settings: dict, threads: int, *,
+                 template_date: str | None) -> None:
     """Sample settings['generation']['reps'] completions of every prompt; write one JSON and one
     entropy HDF5 per prompt (the lists of paths are parallel). A completion of a base frame ends
-    before the first line that starts with one of the frame's end labels (stop_reason frame_end)."""
+    before the first line that starts with one of the frame's end labels (stop_reason frame_end).
+    A chat template is rendered as on `template_date` (prompts.apply_template)."""
     gen = settings["generation"]
-    model, manifest, record, load_s = open_model(manifest_path, settings["runtime"], threads)
+    model, manifest, record, load_s = open_model(manifest_path, settings["runtime"], threads, template_date)
     tokenizer = load_tokenizer(manifest)
     params = SamplingParams(gen["temperature"], gen["top_p"], gen["max_new_tokens"])
     prompts = [load_prompt(path) for path in prompt_paths]  # validated when the workflow parsed them
     _check_paths_follow([p.id for p in prompts], generation_paths, entropy_paths)
-    rendered = [render_prompt(p, tokenizer, record["variant"], record["frame"], record["name"]) for p in prompts]
+    rendered = [render_prompt(p, tokenizer, record["variant"], record["frame"], record["name"],
+                              template_date=template_date) for p in prompts]
     check_context(model, record["name"], {p.id: len(ids) for p, (_, ids) in zip(prompts, rendered)}, gen["max_new_tokens"])
     end_labels = [answer_end_labels(p, record["variant"], record["frame"]) for p in prompts]
+    chat = uses_chat_template(record["variant"], record["frame"])
     seeds = [gen["seed"] + rep for rep in range(gen["reps"])]
     runtime, plan_settings = settings["runtime"], PLAN_DEFAULTS | settings.get("plan", {})
     shape, dtype_bytes = _shape_and_bytes(model)
@@ -181,7 +188,7 @@ def run_generate(manifest_path: Path | str, prompt_paths: Sequence[Path | str], 
             "model": record,
             "prompt": {
                 "id": prompt.id, "type": prompt.type, "text": text, "token_ids": prompt_ids,
-                "chat_template": uses_chat_template(record["variant"], record["frame"]), "template_date": TEMPLATE_DATE,
+                "chat_template": chat, "template_date": template_date if chat else None,
                 "end_labels": list(end_labels[index]),
             },
             "generation": gen,
@@ -293,11 +300,13 @@ def run_trace_noise(manifest_path: Path | str, partner_manifest_path: Path | str
 
 
 def run_judge(manifest_path: Path | str, generation_paths: Sequence[Path | str], prompt_paths: Sequence[Path | str],
-              rubric_path: Path | str, output_path: Path | str, settings: dict, threads: int) -> None:
+              rubric_path: Path | str, output_path: Path | str, settings: dict, threads: int, *,
+              template_date: str) -> None:
     """Rate every completion of one model with the judge model: one row per completion, per
-    dimension the option probabilities' expected level, argmax and option mass."""
+    dimension the option probabilities' expected level, argmax and option mass. The judge's chat
+    template is rendered as on `template_date` (column judge_template_date)."""
     judge_settings = settings["judge"]
-    model, manifest, record, _ = open_model(manifest_path, settings["runtime"], threads)
+    model, manifest, record, _ = open_model(manifest_path, settings["runtime"], threads, template_date)
     tokenizer = load_tokenizer(manifest)
     rubric = load_rubric(rubric_path)
     requests = {p.id: p.instruct for p in (load_prompt(path) for path in prompt_paths)}
@@ -305,7 +314,7 @@ def run_judge(manifest_path: Path | str, generation_paths: Sequence[Path | str],
     started = time.perf_counter()
     scores = score_completions(
         model, tokenizer, [(requests[r["prompt_id"]], r["text"]) for r in rows], rubric,
-        judge_settings["max_completion_tokens"], judge_settings["batch_size"],
+        judge_settings["max_completion_tokens"], judge_settings["batch_size"], template_date=template_date,
     )
     log(f"judged {len(rows)} completions x {len(rubric.dimensions)} dimensions in {time.perf_counter() - started:.1f} s")
     wide = scores.pivot(index="item", columns="dimension", values=["expected", "argmax", "option_mass"])
@@ -313,6 +322,7 @@ def run_judge(manifest_path: Path | str, generation_paths: Sequence[Path | str],
     table = pd.DataFrame(rows).drop(columns="text").join(wide.sort_index().reset_index(drop=True))
     table["judge_truncated"] = scores.groupby("item", sort=True)["truncated"].any().to_numpy()
     table["judge_model"], table["judge_revision"], table["rubric_sha256"] = record["name"], record["revision"], rubric.sha256
+    table["judge_template_date"] = template_date
     write_csv(output_path, table)
 
 

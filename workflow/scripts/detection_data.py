@@ -17,5 +17,6 @@ run_detection_data(
     settings=snakemake.params.settings,
     runtime=snakemake.params.runtime,
     threads=snakemake.threads,
+    template_date=snakemake.params.template_date,
     outputs={key: snakemake.output[key] for key in ("train", "validation", "heldout", "directions")},
 )

@@ -18,4 +18,5 @@ run_generate(
     study=snakemake.params.study,
     settings={"generation": snakemake.params.generation, "runtime": runtime, "plan": plan},
     threads=snakemake.threads,
+    template_date=snakemake.params.template_date,
 )

@@ -15,4 +15,5 @@ run_grade_injection(
     resources=snakemake.params.resources,
     runtime=snakemake.params.runtime,
     threads=snakemake.threads,
+    template_date=snakemake.params.template_date,
 )

@@ -20,4 +20,5 @@ run_inject(
     resources=snakemake.params.resources,
     runtime=snakemake.params.runtime,
     threads=snakemake.threads,
+    template_date=snakemake.params.template_date,
 )

@@ -16,4 +16,5 @@ run_judge(
     output_path=snakemake.output[0],
     settings={"judge": snakemake.params.judge, "runtime": snakemake.params.runtime},
     threads=snakemake.threads,
+    template_date=snakemake.params.template_date,
 )

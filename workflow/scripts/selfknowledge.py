@@ -16,4 +16,5 @@ run_selfknowledge(
     resources=snakemake.params.resources,
     runtime=snakemake.params.runtime,
     threads=snakemake.threads,
+    template_date=snakemake.params.template_date,
 )

@@ -21,7 +21,7 @@ from ..batching import PAD_ID, left_pad
 from ..errors import InputError
 from ..injection.concepts import concept_prompt_ids, mean_subtraction_vectors
 from ..injection.texts import AnswerSpec
-from ..prompts import encode, render_conversation, render_turns, tokenizer_name
+from ..prompts import TEMPLATE_DATE, encode, render_conversation, render_turns, tokenizer_name
 from ..readout.options import AnswerFrame, answer_frame
 from ..tracing import capture_residual
 from .design import DIRECTION_POOL, Variant, assign_labels, check_balance, plan_split
@@ -42,13 +42,13 @@ def options_frame(tokenizer: PreTrainedTokenizerBase, texts: DetectionTexts, ans
 
 
 def example_ids(tokenizer: PreTrainedTokenizerBase, context: Context, question: str, chat: bool, prefill: str,
-                path: Path | str) -> tuple[list, list]:
-    """(first-turn ids, question ids + prefill ids) of one example. The first turn ends where its
-    complete turns end in the rendered conversation (InputError when a token straddles that point
-    or the template does not render them as a prefix)."""
+                path: Path | str, template_date: str | None = TEMPLATE_DATE) -> tuple[list, list]:
+    """(first-turn ids, question ids + prefill ids) of one example (a chat template rendered as on
+    `template_date`). The first turn ends where its complete turns end in the rendered conversation
+    (InputError when a token straddles that point or the template does not render them as a prefix)."""
     messages = [context.user, context.assistant]
-    text = render_conversation(tokenizer, [*messages, question], chat)
-    turns = render_turns(tokenizer, messages, chat)
+    text = render_conversation(tokenizer, [*messages, question], chat, template_date=template_date)
+    turns = render_turns(tokenizer, messages, chat, template_date=template_date)
     if not text.startswith(turns):
         raise InputError(f"{path}: the chat template of tokenizer {tokenizer_name(tokenizer)} does not render the "
                          "first turn as a prefix of the conversation")
@@ -67,17 +67,18 @@ def random_directions(n: int, width: int, seed: int) -> np.ndarray:
 
 
 def concept_directions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, words: ConceptWords, record: dict,
-                       index: int, counts: dict, batch_size: int) -> dict:
-    """Concept vectors (mean subtraction, injection.concepts) at hidden-state `index`, normalised:
-    pool name -> (names, (n, d) float32); the train pool takes the first concepts of the file, the
-    held-out pool the next ones."""
+                       index: int, counts: dict, batch_size: int, template_date: str | None = TEMPLATE_DATE) -> dict:
+    """Concept vectors (mean subtraction, injection.concepts, the requests rendered as on
+    `template_date`) at hidden-state `index`, normalised: pool name -> (names, (n, d) float32); the
+    train pool takes the first concepts of the file, the held-out pool the next ones."""
     needed = counts["train"] + counts["heldout"]
     if needed > len(words.concepts):
         raise InputError(f"config key 'finetune.n_directions': concept vectors need {needed} concepts, "
                          f"the concept file has {len(words.concepts)}")
 
     def prompts(items):
-        return concept_prompt_ids(items, words.template, tokenizer, record["variant"], record["frame"], record["name"])
+        return concept_prompt_ids(items, words.template, tokenizer, record["variant"], record["frame"], record["name"],
+                                  template_date=template_date)
 
     names = list(words.concepts[:needed])
     vectors, _ = mean_subtraction_vectors(model, [index], prompts(names), prompts(words.baseline), batch_size)

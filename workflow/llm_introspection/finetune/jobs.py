@@ -45,11 +45,13 @@ def read_directions(path: Path | str) -> dict:
 
 
 def run_detection_data(manifest_path: Path | str, texts_path: Path | str, concepts_path: Path | str, variant_name: str,
-                       variant_entry: dict, settings: dict, runtime: dict, threads: int, outputs: dict) -> None:
+                       variant_entry: dict, settings: dict, runtime: dict, threads: int, outputs: dict, *,
+                       template_date: str | None) -> None:
     """detection_data: the examples of every split (outputs train, validation, heldout: JSON) and
     the directions (outputs directions: HDF5) of one (model, variant); fails when a split's labels
-    are off balance. The unfinetuned model's answers are recorded with every held-out example."""
-    model, manifest, record, _ = open_model(manifest_path, runtime, threads)
+    are off balance. The unfinetuned model's answers are recorded with every held-out example. A
+    chat template is rendered as on `template_date` (the model record says it)."""
+    model, manifest, record, _ = open_model(manifest_path, runtime, threads, template_date)
     tokenizer = load_tokenizer(manifest)
     texts = load_detection_texts(texts_path)
     variant = Variant.from_config(variant_name, variant_entry)
@@ -57,7 +59,8 @@ def run_detection_data(manifest_path: Path | str, texts_path: Path | str, concep
     chat = uses_chat_template(record["variant"], record["frame"])
     frame = options_frame(tokenizer, texts, variant.answers, chat)
     question = texts.question(variant.question, variant.answers)
-    pairs = [example_ids(tokenizer, c, question, chat, frame.prefill, texts.path) for c in texts.contexts]
+    pairs = [example_ids(tokenizer, c, question, chat, frame.prefill, texts.path, template_date=template_date)
+             for c in texts.contexts]
     turn1 = [first for first, _ in pairs]
     if len({tuple(q) for _, q in pairs}) != 1:
         raise ValueError(f"the question turn tokenizes differently after different contexts: {pairs}")
@@ -70,7 +73,7 @@ def run_detection_data(manifest_path: Path | str, texts_path: Path | str, concep
     if variant.steering == "concepts":
         middle = max(1, int(round(settings["single_layer"] * record["n_layers"])))
         pools = concept_directions(model, tokenizer, load_concept_words(concepts_path), record, middle, counts,
-                                   settings["batch_size"])
+                                   settings["batch_size"], template_date=template_date)
     else:
         pools = {pool: ([], random_directions(counts[pool], width, settings["direction_seeds"][pool]))
                  for pool in ("train", "heldout")}
@@ -143,6 +146,7 @@ def run_finetune(manifest_path: Path | str, data_paths: dict, directions_path: P
     write_csv(outputs["validation"], pd.DataFrame(result["validation"]))
     write_json(outputs["provenance"], {
         "model": record, "variant": header["variant"], "settings": settings,
+        "template_date": header["model"].get("template_date"),  # the date its examples were rendered as on
         "data": {split: {"path": str(data_paths[split]), "sha256": file_digest(data_paths[split])} for split in data_paths}
         | {"directions": {"path": str(directions_path), "sha256": file_digest(directions_path)}},
         "kept": result["kept"], "validation": result["validation"],

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..prompts import TEMPLATE_DATE
 from ..steering import relative_strength
 from ..storage import versions, write_json
 from .concepts import VectorSet, concept_like_random_vectors, load_vectors
@@ -37,6 +38,7 @@ class Cell:
     vector_path: Path
     strength: float  # relative: the injected vector's norm is strength x mean_norm
     mean_norm: float  # the layer's mean residual norm (concepts.mean_residual_norm)
+    template_date: str | None = TEMPLATE_DATE  # a chat template is rendered as on this day (prompts.apply_template)
 
     @property
     def layer(self) -> int:
@@ -80,9 +82,11 @@ class Cell:
         return {"path": str(self.vector_path), **keep}
 
 
-def open_cell(vector_path: Path | str, model: str, chat: bool, strength: float, mean_norm: float) -> Cell:
-    """Read the concept vector file of one (model, layer) for a cell at relative `strength`;
-    InputError names the file when it was made for another model or holds a zero vector."""
+def open_cell(vector_path: Path | str, model: str, chat: bool, strength: float, mean_norm: float,
+              template_date: str | None = TEMPLATE_DATE) -> Cell:
+    """Read the concept vector file of one (model, layer) for a cell at relative `strength`, its
+    trials rendered (through the chat template when `chat`, as on `template_date`); InputError
+    names the file when it was made for another model or holds a zero vector."""
     vectors = load_vectors(vector_path)
     saved = vectors.attrs["model"]  # a name or a model record
     if (saved.get("name") if isinstance(saved, dict) else saved) != model:
@@ -92,7 +96,7 @@ def open_cell(vector_path: Path | str, model: str, chat: bool, strength: float, 
         raise InputError(f"{vector_path}: the vectors of {', '.join(zero)} have no direction (norm 0)")
     if not strength >= 0 or not mean_norm > 0:
         raise ValueError(f"strength must be >= 0 and mean_norm > 0, not {strength!r} and {mean_norm!r}")
-    return Cell(model, chat, vectors, Path(vector_path), float(strength), float(mean_norm))
+    return Cell(model, chat, vectors, Path(vector_path), float(strength), float(mean_norm), template_date)
 
 
 def write_records(path: Path | str, records: Sequence[dict[str, Any]], **provenance: Any) -> None:

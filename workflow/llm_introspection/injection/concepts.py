@@ -30,7 +30,7 @@ import torch
 
 from ..batching import PAD_ID, left_pad
 from ..errors import InputError
-from ..prompts import Prompt, render_prompt
+from ..prompts import TEMPLATE_DATE, Prompt, render_prompt
 from ..storage import atomic_h5, open_h5, set_attrs, versions
 from ..tracing import capture_residual
 
@@ -42,13 +42,14 @@ METHODS = ("mean_subtraction", "contrastive", "random")
 # --- prompts ------------------------------------------------------------------------------------
 
 def concept_prompt_ids(words: Iterable[str], template: str, tokenizer: PreTrainedTokenizerBase, variant: str,
-                       frame: str, model_name: str) -> list[list[int]]:
-    """Token ids of the request `template` for each word, rendered for this model."""
+                       frame: str, model_name: str, template_date: str | None = TEMPLATE_DATE) -> list[list[int]]:
+    """Token ids of the request `template` for each word, rendered for this model (a chat template
+    as on `template_date`)."""
     ids = []
     for word in words:
         text = template.format(word=word.lower())
         request = Prompt(id=word, type="concept", instruct=text, base=text)
-        ids.append(render_prompt(request, tokenizer, variant, frame, model_name)[1])
+        ids.append(render_prompt(request, tokenizer, variant, frame, model_name, template_date=template_date)[1])
     return ids
 
 

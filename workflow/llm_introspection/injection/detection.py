@@ -56,7 +56,8 @@ def run_detection_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     names = cell.concepts(concepts)
     rows = []  # (record fields, Trial), one per forward pass
     for v, question in enumerate(variants(texts.wordings, n_variants, WORDINGS, texts.path)):
-        ids, start = detection_prompt(tokenizer, texts, cell.chat, frame.prefill, question)
+        ids, start = detection_prompt(tokenizer, texts, cell.chat, frame.prefill, question,
+                                      template_date=cell.template_date)
         steered = [("injected", n, cell.injection(n)) for n in names]
         steered += [("random", n, pair) for n, pair in zip(names, cell.random_injections(names, [seed, v]))]
         fields = {"question": "detect", "variant": v}
@@ -64,7 +65,8 @@ def run_detection_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
                  for kind, n, pair in steered]
         rows.append((fields | {"kind": "control", "concept": None}, Trial(tuple(ids))))
     for v, question in enumerate(variants(texts.control_questions, n_variants, "control_questions", texts.path)):
-        ids, start = detection_prompt(tokenizer, texts, cell.chat, frame.prefill, question)
+        ids, start = detection_prompt(tokenizer, texts, cell.chat, frame.prefill, question,
+                                      template_date=cell.template_date)
         fields = {"question": "control_question", "variant": v}
         rows += [(fields | {"kind": "injected", "concept": n}, Trial(tuple(ids), start, len(ids), *cell.injection(n)))
                  for n in names]
@@ -95,7 +97,7 @@ def run_detection_responses(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     Injected sample s of every concept has seed seed + s; control trial j has seed seed + j.
     Records: kind, concept (None for controls), question, sample, seed, strength_absolute, text,
     token_ids, n_tokens, stop_reason."""
-    ids, start = detection_prompt(tokenizer, texts, cell.chat)
+    ids, start = detection_prompt(tokenizer, texts, cell.chat, template_date=cell.template_date)
     names = cell.concepts(concepts)
     injected = [(n, s) for n in names for s in range(samples)]
     rows = injected + [(None, j) for j in range(len(injected))]
@@ -132,9 +134,10 @@ def run_forced_identification(model: PreTrainedModel, tokenizer: PreTrainedToken
     names = cell.concepts(concepts)
     forced, leak = answer_start(texts.forced_prefill, cell.chat), answer_start(texts.leak_prefill, cell.chat)
     arms = {
-        "forced_identification": (forced, [detection_prompt(tokenizer, texts, cell.chat, forced, q)
+        "forced_identification": (forced, [detection_prompt(tokenizer, texts, cell.chat, forced, q,
+                                                            template_date=cell.template_date)
                                            for q in variants(texts.wordings, n_variants, WORDINGS, texts.path)]),
-        "leak": (leak, [leak_prompt(tokenizer, texts, r, cell.chat, leak)
+        "leak": (leak, [leak_prompt(tokenizer, texts, r, cell.chat, leak, template_date=cell.template_date)
                         for r in variants(texts.leak_requests, n_variants, "leak.requests", texts.path)]),
     }
     records = []

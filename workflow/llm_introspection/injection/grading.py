@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..prompts import framed_ids, tokenizer_name
+from ..prompts import TEMPLATE_DATE, framed_ids, tokenizer_name
 from ..readout.options import answer_frame, option_answers, option_log_probs, truncate_completion
 from .cell import concept_word
 from .texts import CONTROL_CRITERIA, CRITERIA
@@ -19,11 +19,13 @@ if TYPE_CHECKING:
 
 def grade_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                     responses: Sequence[Mapping[str, Any]], rubric: GradingRubric, question: str,
-                    max_response_tokens: int = 256, batch_size: int = 8) -> list[dict[str, Any]]:
+                    max_response_tokens: int = 256, batch_size: int = 8,
+                    template_date: str = TEMPLATE_DATE) -> list[dict[str, Any]]:
     """Grade detection responses (records of run_detection_responses) with a grading model: per
     criterion one pass, the verdict read from the probabilities of the rubric's yes and no options
     after the prefill (renormalised over the two). Injected trials are graded on CRITERIA, controls
-    on CONTROL_CRITERIA (the others are None). `question` is the trial question the model saw.
+    on CONTROL_CRITERIA (the others are None). `question` is the trial question the model saw; the
+    grader's chat template is rendered as on `template_date`.
 
     Returns the records with, per criterion c: p_c (probability of yes), c (p_c > 0.5), mass_c
     (the two options' mass under the full softmax); detected_and_identified (all four criteria;
@@ -41,7 +43,7 @@ def grade_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             user = rubric.user_template.format(
                 instructions=rubric.instructions, question=question, response=text,
                 criterion=rubric.criteria[criterion].format(word=word), options=" or ".join(rubric.options))
-            sequences.append(framed_ids(tokenizer, rubric.system, user, frame.prefill))
+            sequences.append(framed_ids(tokenizer, rubric.system, user, frame.prefill, template_date=template_date))
             owners.append((index, criterion))
     log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size,
                                  f"max_response_tokens (now {max_response_tokens})")

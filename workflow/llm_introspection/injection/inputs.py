@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from ..prompts import encode, render_conversation, tokenizer_name
+from ..prompts import TEMPLATE_DATE, encode, render_conversation, tokenizer_name
 from ..readout.options import answer_frame
 from ..steering import token_span
 
@@ -49,35 +49,40 @@ def _encode_marked(tokenizer, text, chat, marks, path):
 
 
 def conversation_ids(tokenizer: PreTrainedTokenizerBase, messages: list[str], chat: bool, marks: Sequence[str],
-                     prefill: str, path: Path | str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids of a conversation with `prefill` (as answer_start gives it) after it, and the
-    token span [start, end) of each marked string, in order of appearance."""
-    head = render_conversation(tokenizer, messages, chat)
+                     prefill: str, path: Path | str,
+                     template_date: str | None = TEMPLATE_DATE) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of a conversation (a chat template rendered as on `template_date`) with `prefill`
+    (as answer_start gives it) after it, and the token span [start, end) of each marked string, in
+    order of appearance."""
+    head = render_conversation(tokenizer, messages, chat, template_date=template_date)
     ids, spans = _encode_marked(tokenizer, head, chat, marks, path)
     return ids + encode(tokenizer, prefill), spans
 
 
 def detection_prompt(tokenizer: PreTrainedTokenizerBase, texts: DetectionTexts, chat: bool, prefill: str = "",
-                     question: str | None = None) -> tuple[list[int], int]:
+                     question: str | None = None, template_date: str | None = TEMPLATE_DATE) -> tuple[list[int], int]:
     """Token ids of a detection trial asking `question` (the file's question when None), with
     `prefill` (as answer_start gives it) after the prompt, and the position of the question's
     first token, where injection starts."""
     question = texts.question if question is None else question
     messages = [texts.preamble, texts.acknowledgement, f"{texts.opening}\n\n{question}"]
-    ids, [(start, _)] = conversation_ids(tokenizer, messages, chat, [question], prefill, texts.path)
+    ids, [(start, _)] = conversation_ids(tokenizer, messages, chat, [question], prefill, texts.path,
+                                         template_date=template_date)
     return ids, start
 
 
 def leak_prompt(tokenizer: PreTrainedTokenizerBase, texts: DetectionTexts, request: str, chat: bool,
-                prefill: str) -> tuple[list[int], int]:
+                prefill: str, template_date: str | None = TEMPLATE_DATE) -> tuple[list[int], int]:
     """Token ids of a leak trial: one user turn, `request`, then `prefill` (as answer_start gives
     it); injection starts at the request's first token, position `start`."""
-    ids, [(start, _)] = conversation_ids(tokenizer, [request], chat, [request], prefill, texts.path)
+    ids, [(start, _)] = conversation_ids(tokenizer, [request], chat, [request], prefill, texts.path,
+                                         template_date=template_date)
     return ids, start
 
 
 def localization_prompt(tokenizer: PreTrainedTokenizerBase, texts: LocalizationTexts, sentences: Sequence[str],
-                        question: str, chat: bool, prefill: str) -> tuple[list[int], list[tuple[int, int]]]:
+                        question: str, chat: bool, prefill: str,
+                        template_date: str | None = TEMPLATE_DATE) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of a localization trial (the preamble and its acknowledgement when the texts have
     one, then the sentences and the question; `prefill` as answer_start gives it, after the prompt)
     and the token span [start, end) of each sentence (its words, not its label)."""
@@ -86,5 +91,6 @@ def localization_prompt(tokenizer: PreTrainedTokenizerBase, texts: LocalizationT
                                     question=texts.questions[question].question)
     before = [texts.preamble, texts.acknowledgement] if texts.preamble else []
     # The turns before are marks too, so that each sentence is found in the trial's own turn.
-    ids, spans = conversation_ids(tokenizer, [*before, message], chat, [*before, *sentences], prefill, texts.path)
+    ids, spans = conversation_ids(tokenizer, [*before, message], chat, [*before, *sentences], prefill, texts.path,
+                                  template_date=template_date)
     return ids, spans[len(before):]

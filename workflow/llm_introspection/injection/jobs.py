@@ -42,14 +42,16 @@ def load_resource(resources: dict, key: str) -> Any:
 
 
 def run_concept_vectors(manifest_path: Path | str, layer_fractions: Sequence[float], vector_paths: Sequence[Path | str],
-                        settings: dict, resources: dict, runtime: dict, threads: int) -> None:
+                        settings: dict, resources: dict, runtime: dict, threads: int, *,
+                        template_date: str | None) -> None:
     """concept_vectors: the vector file of each layer fraction (vector_paths parallel to
     layer_fractions), all layers captured in the same passes: the first n_concepts concepts'
     mean-subtraction vectors (and every baseline word's, for concept-like random vectors), or the
     first n_concepts contrastive pairs' vectors, with the layer's mean residual norm over neutral
     sentences (first position excluded) as attribute `mean_norm`. A file equals the one a run
-    with its layer alone writes."""
-    model, manifest, record, _ = open_model(manifest_path, runtime, threads)
+    with its layer alone writes. The concept requests are rendered as on `template_date` (under a
+    chat template)."""
+    model, manifest, record, _ = open_model(manifest_path, runtime, threads, template_date)
     tokenizer = load_tokenizer(manifest)
     batch = settings["batch_size"]
     per_fraction = [hidden_state_indices([f], manifest["n_layers"])[0] for f in layer_fractions]
@@ -60,7 +62,8 @@ def run_concept_vectors(manifest_path: Path | str, layer_fractions: Sequence[flo
         names = words.concepts[: settings["n_concepts"]]
 
         def prompts(items):
-            return concept_prompt_ids(items, words.template, tokenizer, record["variant"], record["frame"], record["name"])
+            return concept_prompt_ids(items, words.template, tokenizer, record["variant"], record["frame"],
+                                      record["name"], template_date=template_date)
 
         vectors, baseline = mean_subtraction_vectors(model, indices, prompts(names), prompts(words.baseline), batch)
     else:
@@ -81,30 +84,31 @@ def run_concept_vectors(manifest_path: Path | str, layer_fractions: Sequence[flo
 
 
 def run_inject(manifest_path: Path | str, experiment: str, cells: Sequence[tuple[Path | str, float, Path | str]],
-               settings: dict, resources: dict, runtime: dict, threads: int) -> None:
+               settings: dict, resources: dict, runtime: dict, threads: int, *, template_date: str | None) -> None:
     """inject: one experiment of the registry on every cell of its sweep for one model, the model
     loaded once. `cells` lists (vector_path, strength, output_path); a cell whose file holds the
     fingerprint this run would write is skipped (sweep.is_current), every other is computed and
     written as soon as it is done. `settings` holds the injection keys the experiment reads (and,
-    for an experiment that samples, max_new_tokens, temperature and top_p)."""
+    for an experiment that samples, max_new_tokens, temperature and top_p). Trials are rendered as
+    on `template_date` (under a chat template), which is part of every cell's fingerprint."""
     spec = EXPERIMENTS[experiment]
     inputs = {"manifest": manifest_path, **{f"resource {key}": resources[key] for key in spec.resources}}
     todo = []
     for vector_path, strength, output_path in cells:
         expected = fingerprint(inputs | {"vectors": vector_path}, experiment=experiment, strength=strength,
-                               settings=settings, runtime=runtime)
+                               settings=settings, runtime=runtime, template_date=template_date)
         if is_current(output_path, expected):
             log(f"{output_path}: current, kept")
         else:
             todo.append((vector_path, strength, output_path, expected))
     if todo:
-        model, manifest, record, _ = open_model(manifest_path, runtime, threads)
+        model, manifest, record, _ = open_model(manifest_path, runtime, threads, template_date)
         tokenizer = load_tokenizer(manifest)
         texts_ = [load_resource(resources, key) for key in spec.resources]
         run = getattr(import_module(f"{__package__}.{spec.module}"), f"run_{experiment}")
         for vector_path, strength, output_path, expected in todo:
             cell = open_cell(vector_path, record["name"], uses_chat_template(record["variant"], record["frame"]),
-                             strength, load_vectors(vector_path).attrs["mean_norm"])
+                             strength, load_vectors(vector_path).attrs["mean_norm"], template_date)
             arguments = {key: settings[key] for key in spec.settings}
             sampling = None
             if spec.samples:
@@ -123,25 +127,27 @@ def run_inject(manifest_path: Path | str, experiment: str, cells: Sequence[tuple
 
 
 def run_grade_injection(judge_manifest_path: Path | str, cells: Sequence[tuple[Path | str, Path | str]], settings: dict,
-                        resources: dict, runtime: dict, threads: int) -> None:
+                        resources: dict, runtime: dict, threads: int, *, template_date: str) -> None:
     """grade_injection: the judge model's verdicts on the sampled detection responses of every cell
     of one model's sweep, the judge loaded once. `cells` lists (responses_path, output_path); a
-    current cell (sweep.is_current) is skipped."""
+    current cell (sweep.is_current) is skipped. The judge's chat template is rendered as on
+    `template_date`, part of every cell's fingerprint."""
     inputs = {"manifest": judge_manifest_path, **{f"resource {key}": path for key, path in resources.items()}}
     todo = []
     for responses_path, output_path in cells:
-        expected = fingerprint(inputs | {"responses": responses_path}, settings=settings, runtime=runtime)
+        expected = fingerprint(inputs | {"responses": responses_path}, settings=settings, runtime=runtime,
+                               template_date=template_date)
         if not is_current(output_path, expected):
             todo.append((responses_path, output_path, expected))
     if todo:
-        model, manifest, record, _ = open_model(judge_manifest_path, runtime, threads)
+        model, manifest, record, _ = open_model(judge_manifest_path, runtime, threads, template_date)
         tokenizer = load_tokenizer(manifest)
         rubric = load_resource(resources, "grading_rubric")
         question = load_resource(resources, "detection").question
         for responses_path, output_path, expected in todo:
             responses = read_json(responses_path)["records"]
             graded = grade_responses(model, tokenizer, responses, rubric, question, settings["max_response_tokens"],
-                                     settings["batch_size"])
+                                     settings["batch_size"], template_date=template_date)
             write_records(output_path, graded, fingerprint=expected, judge=record, responses=str(responses_path),
                           settings=settings)
             keep_finished(output_path)

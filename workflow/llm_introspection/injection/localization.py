@@ -61,7 +61,7 @@ def run_localization(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         noise_strength = relative_strength(cell.strength, noise, cell.mean_norm)
         for question, frame in frames.items():
             ids, spans = localization_prompt(tokenizer, texts, [sentences[i] for i in picks], question, cell.chat,
-                                             frame.prefill)
+                                             frame.prefill, template_date=cell.template_date)
             fields = cell.columns("localization") | {
                 "trial": t, "sentence_ids": picks, "n_sentences": n, "question": question,
                 "introspection": question == texts.introspection, "concept": name}

@@ -55,11 +55,11 @@ def run_thought_vs_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
         fields = cell.columns("thought_vs_text") | {"trial": t, "sentence_id": index, "concept": name}
         vector, strength = cell.injection(name)
         ids, [span] = conversation_ids(tokenizer, [_asking(texts.thought_question, sentence)], cell.chat, [sentence],
-                                       prefill, texts.path)
+                                       prefill, texts.path, template_date=cell.template_date)
         thought += [(fields | {"kind": "injected"}, Trial(tuple(ids), *span, vector, strength)),
                     (fields | {"kind": "control"}, Trial(tuple(ids)))]
         ids, [span] = conversation_ids(tokenizer, [_asking(texts.repeat_question, sentence)], cell.chat, [sentence],
-                                       "", texts.path)
+                                       "", texts.path, template_date=cell.template_date)
         answer = encode(tokenizer, answer_start(sentence, cell.chat))
         fields |= {"n_tokens": len(answer)}  # thought's rows hold copies made before
         text += [(fields | {"kind": "injected"}, Trial(tuple(ids + answer), *span, vector, strength)),
@@ -97,7 +97,8 @@ def run_prefill_intent(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     for t, (index, name) in enumerate(_sentence_trials(sentences, n_trials, names, seed)):
         sentence, other = sentences[index], names[(names.index(name) + 1) % len(names)]
         messages = [_asking(texts.word_question, sentence), concept_word(name).capitalize(), texts.follow_up]
-        ids, [span] = conversation_ids(tokenizer, messages, cell.chat, [sentence], frame.prefill, texts.path)
+        ids, [span] = conversation_ids(tokenizer, messages, cell.chat, [sentence], frame.prefill, texts.path,
+                                       template_date=cell.template_date)
         fields = cell.columns("prefill_intent") | {"trial": t, "sentence_id": index, "concept": name,
                                                    "question": "intent"}
         rows += [(fields | {"kind": "injected", "injected_concept": name},
@@ -127,7 +128,8 @@ def run_intentional_control(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
         answer = encode(tokenizer, answer_start(sentence, cell.chat))
         for instruction in INSTRUCTIONS:
             message = texts.instructions[instruction].format(sentence=sentence, word=concept_word(name))
-            ids, _ = conversation_ids(tokenizer, [message], cell.chat, [], "", texts.path)
+            ids, _ = conversation_ids(tokenizer, [message], cell.chat, [], "", texts.path,
+                                      template_date=cell.template_date)
             rows.append((cell.columns("intentional_control") | {
                 "trial": t, "sentence_id": index, "concept": name, "question": instruction, "n_tokens": len(answer),
             }, ids + answer))

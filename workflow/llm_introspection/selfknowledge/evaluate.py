@@ -24,7 +24,7 @@ from ..finetune.design import Variant, steered_option
 from ..finetune.steer_remove import read_answers
 from ..injection.inputs import answer_start, conversation_ids, option_frame
 from ..injection.texts import AnswerSpec
-from ..prompts import TRANSCRIPT_LABELS, encode, uses_chat_template
+from ..prompts import TEMPLATE_DATE, TRANSCRIPT_LABELS, encode, uses_chat_template
 from ..readout.options import option_answers, option_log_probs
 from ..sampling import answer_end, eos_token_ids
 from .scoring import answer_property, parse_number, parse_report, predicted_property, report_distribution, words
@@ -43,9 +43,10 @@ def is_chat(record: dict) -> bool:
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, message: str, chat: bool, path: Path | str,
-               prefill: str = "") -> list[int]:
-    """Token ids of a one-turn conversation up to the answer (and `prefill`, as it follows it)."""
-    return conversation_ids(tokenizer, [message], chat, [], prefill, path)[0]
+               prefill: str = "", template_date: str | None = TEMPLATE_DATE) -> list[int]:
+    """Token ids of a one-turn conversation up to the answer (and `prefill`, as it follows it), a
+    chat template rendered as on `template_date`."""
+    return conversation_ids(tokenizer, [message], chat, [], prefill, path, template_date=template_date)[0]
 
 
 @torch.inference_mode()
@@ -94,7 +95,8 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s
 
 
 def run_answer_shift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: dict, questions: Questions,
-                     answer_pairs: Iterable[tuple[str, str]], batch_size: int) -> list[dict]:
+                     answer_pairs: Iterable[tuple[str, str]], batch_size: int,
+                     template_date: str | None = TEMPLATE_DATE) -> list[dict]:
     """P(A) vs P(B) after the prefill, for every question under every answer pair (A stands for
     yes): per record p_a (renormalised over the pair), both log-probabilities and the pair's mass."""
     chat = is_chat(record)
@@ -103,7 +105,8 @@ def run_answer_shift(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         spec = AnswerSpec(questions.path, questions.prefill, questions.separator, (a, b))
         frame = option_frame(tokenizer, spec, chat)
         sequences = [prompt_ids(tokenizer, f"{q.text}\n\n{questions.instruction.format(a=a, b=b)}", chat,
-                                questions.path, frame.prefill) for q in questions.questions]
+                                questions.path, frame.prefill, template_date=template_date)
+                     for q in questions.questions]
         log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size,
                                      "the questions' length")
         probs, _, mass = option_answers(log_probs)
@@ -124,17 +127,20 @@ def _first_per_kind(items, n):
 
 
 def run_self_prediction(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: dict, tasks: Tasks,
-                        n_items: int | None, max_new_tokens: int, batch_size: int) -> list[dict]:
+                        n_items: int | None, max_new_tokens: int, batch_size: int,
+                        template_date: str | None = TEMPLATE_DATE) -> list[dict]:
     """Binder-style: the greedy object-level answer of each task (the first `n_items` of each kind),
     then per property of its kind the greedy answer to the hypothetical; `correct` compares the
     prediction with the property of the actual answer (None when the answer lacks the property)."""
     chat = is_chat(record)
+
+    def ids(message):
+        return prompt_ids(tokenizer, message, chat, tasks.path, template_date=template_date)
+
     items = _first_per_kind(tasks.self_prediction, n_items)
-    objects = greedy_answers(model, tokenizer, [prompt_ids(tokenizer, t.prompt, chat, tasks.path) for t in items],
-                             max_new_tokens, batch_size, chat)
+    objects = greedy_answers(model, tokenizer, [ids(t.prompt) for t in items], max_new_tokens, batch_size, chat)
     asks = [(t, o, p) for t, o in zip(items, objects) for p in tasks.kind_properties[t.kind]]
-    sequences = [prompt_ids(tokenizer, hypothetical(tasks, t.prompt, tasks.property_questions[p]), chat, tasks.path)
-                 for t, _, p in asks]
+    sequences = [ids(hypothetical(tasks, t.prompt, tasks.property_questions[p])) for t, _, p in asks]
     answers = greedy_answers(model, tokenizer, sequences, max_new_tokens, batch_size, chat)
     records = []
     for (task, (text, truncated), prop), (answer, _) in zip(asks, answers):
@@ -170,19 +176,23 @@ def _next_token_probs(model, sequences, wanted, batch_size):
 
 
 def run_calibration(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: dict, tasks: Tasks,
-                    n_items: int | None, max_new_tokens: int, batch_size: int) -> list[dict]:
+                    n_items: int | None, max_new_tokens: int, batch_size: int,
+                    template_date: str | None = TEMPLATE_DATE) -> list[dict]:
     """The exact next-token distribution at the start of the answer to each prompt against the
     model's verbal report of its top-5 (greedy answer to the hypothetical): restricted KL
     (scoring.restricted_kl, on the first tokens of the reported words and the model's top-5),
     top-5 overlap (of token ids, out of 5) and top-1 match."""
     chat = is_chat(record)
+
+    def ids(message):
+        return prompt_ids(tokenizer, message, chat, tasks.path, template_date=template_date)
+
     items = list(tasks.calibration[:n_items])
-    reports = greedy_answers(model, tokenizer, [prompt_ids(tokenizer, hypothetical(tasks, i.prompt,
-                             tasks.calibration_report), chat, tasks.path) for i in items],
-                             max_new_tokens, batch_size, chat)
+    reports = greedy_answers(model, tokenizer, [ids(hypothetical(tasks, i.prompt, tasks.calibration_report))
+                                                for i in items], max_new_tokens, batch_size, chat)
     parsed = [parse_report(text) for text, _ in reports]
     tokens = [[answer_token(tokenizer, w, chat) for w, _ in report] for report in parsed]
-    sequences = [prompt_ids(tokenizer, i.prompt, chat, tasks.path) for i in items]
+    sequences = [ids(i.prompt) for i in items]
     exact = _next_token_probs(model, sequences, [set(t) for t in tokens], batch_size)
     records = []
     for item, (text, truncated), report, ids, (top_ids, top_probs, reported_probs) in zip(
@@ -202,17 +212,20 @@ def run_calibration(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 
 
 def run_length_prediction(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: dict, tasks: Tasks,
-                          n_items: int | None, max_new_tokens: int, batch_size: int) -> list[dict]:
+                          n_items: int | None, max_new_tokens: int, batch_size: int,
+                          template_date: str | None = TEMPLATE_DATE) -> list[dict]:
     """The greedy answer's length in words against the model's predicted length (absolute error;
     None when it wrote no number) and its first word against the predicted first word."""
     chat = is_chat(record)
+
+    def ids(message):
+        return prompt_ids(tokenizer, message, chat, tasks.path, template_date=template_date)
+
     items = list(tasks.length_prediction[:n_items])
-    actual = greedy_answers(model, tokenizer, [prompt_ids(tokenizer, i.prompt, chat, tasks.path) for i in items],
-                            max_new_tokens, batch_size, chat)
+    actual = greedy_answers(model, tokenizer, [ids(i.prompt) for i in items], max_new_tokens, batch_size, chat)
     questions = [q for i in items for q in (hypothetical(tasks, i.prompt, tasks.length_question),
                                             hypothetical(tasks, i.prompt, tasks.first_word_question))]
-    answers = greedy_answers(model, tokenizer, [prompt_ids(tokenizer, q, chat, tasks.path) for q in questions],
-                             max_new_tokens, batch_size, chat)
+    answers = greedy_answers(model, tokenizer, [ids(q) for q in questions], max_new_tokens, batch_size, chat)
     records = []
     for k, (item, (text, truncated)) in enumerate(zip(items, actual)):
         (length_answer, _), (first_answer, _) = answers[2 * k], answers[2 * k + 1]
@@ -227,7 +240,7 @@ def run_length_prediction(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
 
 
 def run_detection(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record: dict, data: list[dict],
-                  batch_size: int) -> list[dict]:
+                  batch_size: int, template_date: str | None = TEMPLATE_DATE) -> list[dict]:
     """Steer-then-remove detection: every example of each detection data set (`data`: per variant,
     its `variant` name, its `splits` (split -> the detection data file's content) and its
     `directions` (pool -> unit directions)) read as finetune.steer_remove.read_answers reads it, one
@@ -236,7 +249,8 @@ def run_detection(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, re
     pair's first option, e.g. Red, for a neutral pair), by the larger of the two options'
     log-probabilities; `matches_label`: it chose the example's label (what training targeted,
     corrupted labels included). InputError when the model's tokenizer or template differs from the
-    one the data were written with."""
+    one the data were written with, or its chat template would print another date (`template_date`:
+    the data are read as rendered, not rendered again)."""
     records = []
     for entry in data:
         for split, content in entry["splits"].items():
@@ -249,6 +263,9 @@ def run_detection(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, re
                 raise InputError(f"{where}: the data were rendered {'with' if is_chat(content['model']) else 'without'} "
                                  f"the chat template, and model {record['name']} reads "
                                  f"{'it' if is_chat(record) else 'a plain transcript'}")
+            if is_chat(record) and content["model"].get("template_date") != template_date:
+                raise InputError(f"{where}: the data were rendered as on {content['model'].get('template_date')!r}, "
+                                 f"not as on {template_date!r} (config key prompts.template_date)")
             examples = content["examples"]
             log_probs = read_answers(model, examples, content["question_ids"], entry["directions"],
                                      content["option_ids"], batch_size)

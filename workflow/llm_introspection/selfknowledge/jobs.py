@@ -64,17 +64,19 @@ def _provenance(texts) -> dict:
 
 
 def run_selfknowledge(manifest_path: Path | str, evaluation: str, output_path: Path | str, settings: dict,
-                      resources: dict, runtime: dict, threads: int) -> None:
+                      resources: dict, runtime: dict, threads: int, *, template_date: str | None) -> None:
     """selfknowledge: run `evaluation` on the model of `manifest_path`; `settings` are the
     selfknowledge keys it reads (design.EVALUATIONS). The output holds the records, the model
     record (source, revision, dtype, device), settings, the texts' version and sha256, package
-    versions, and the timing (items, seconds, items/s)."""
+    versions, and the timing (items, seconds, items/s). A chat template is rendered as on
+    `template_date` (the model record says it)."""
     spec = EVALUATIONS[evaluation]
-    model, manifest, record, load_s = open_model(manifest_path, runtime, threads)
+    model, manifest, record, load_s = open_model(manifest_path, runtime, threads, template_date)
     tokenizer = load_tokenizer(manifest)
     texts = _texts(evaluation, resources, settings)
     run = getattr(evaluate, f"run_{evaluation}")
     arguments = {key: settings[key] for key in spec.settings if key != "questions_per_category"}
+    arguments["template_date"] = template_date
     if evaluation == "answer_shift":
         arguments["answer_pairs"] = [tuple(pair) for pair in settings["answer_pairs"]]
     started = time.perf_counter()

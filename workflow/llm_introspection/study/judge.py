@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from ..prompts import framed_ids
+from ..prompts import TEMPLATE_DATE, framed_ids
 from ..errors import InputError
 from ..readout.options import answer_frame, check_context, option_log_probs, truncate_completion
 from ..readout.shared import shared_prefix_options
@@ -51,31 +51,33 @@ def render_user_message(rubric: Rubric, dimension: str, completion_text: str, pr
     )
 
 
-def _judge_ids(tokenizer, rubric, frame, dimension, completion_text, prompt_text):
+def _judge_ids(tokenizer, rubric, frame, dimension, completion_text, prompt_text, template_date):
     user = render_user_message(rubric, dimension, completion_text, prompt_text)
-    return framed_ids(tokenizer, rubric.system, user, frame.prefill)
+    return framed_ids(tokenizer, rubric.system, user, frame.prefill, template_date=template_date)
 
 
 def build_judge_prompt(tokenizer: PreTrainedTokenizerBase, rubric: Rubric, dimension: str, completion_text: str,
-                       prompt_text: str | None, max_completion_tokens: int) -> tuple[list[int], bool]:
+                       prompt_text: str | None, max_completion_tokens: int,
+                       template_date: str = TEMPLATE_DATE) -> tuple[list[int], bool]:
     """Token ids of the judge prompt for one completion and dimension, and whether the completion
     was truncated to `max_completion_tokens` tokens (its beginning is kept).
 
-    Through the chat template when the tokenizer has one (system message, user message, then the
-    assistant turn prefilled), else a plain-text frame (system text, user message, prefill).
+    Through the chat template (as on `template_date`) when the tokenizer has one (system message,
+    user message, then the assistant turn prefilled), else a plain-text frame (system text, user
+    message, prefill).
     """
     frame = answer_frame(tokenizer, rubric)
     completion, truncated = truncate_completion(tokenizer, completion_text, max_completion_tokens,
                                                 rubric.truncation_marker)
-    return _judge_ids(tokenizer, rubric, frame, dimension, completion, prompt_text), truncated
+    return _judge_ids(tokenizer, rubric, frame, dimension, completion, prompt_text, template_date), truncated
 
 
 def score_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                       items: Iterable[tuple[str | None, str]], rubric: Rubric, max_completion_tokens: int = 512,
                       batch_size: int = 16, dimensions: Collection[str] | None = None,
-                      share_prefix: bool = True) -> pd.DataFrame:
+                      share_prefix: bool = True, template_date: str = TEMPLATE_DATE) -> pd.DataFrame:
     """Judge every (prompt_text, completion_text) of `items` on every rubric dimension (or on
-    those named in `dimensions`).
+    those named in `dimensions`), the judge's chat template rendered as on `template_date`.
 
     One row per item x dimension (items in order, dimensions in DIMENSIONS order): item (index
     into items), dimension, p0..p3 (the option probabilities renormalised over the options),
@@ -97,7 +99,7 @@ def score_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         completion, truncated = truncate_completion(tokenizer, completion_text, max_completion_tokens,
                                                     rubric.truncation_marker)
         for dimension in selected:
-            ids = _judge_ids(tokenizer, rubric, frame, dimension, completion, prompt_text)
+            ids = _judge_ids(tokenizer, rubric, frame, dimension, completion, prompt_text, template_date)
             rows.append({"item": index, "dimension": dimension, "truncated": truncated, "judge_prompt_tokens": len(ids)})
             sequences.append(ids)
     if not sequences:
