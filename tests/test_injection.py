@@ -510,7 +510,7 @@ def test_grading_prompts_name_the_concept_and_the_response(llama, rubric, det, m
         return torch.log(torch.tensor([[0.3, 0.1]] * len(sequences), dtype=torch.float64))
 
     monkeypatch.setattr(grading, "option_log_probs", fake_log_probs)
-    graded = grade_responses(model, tokenizer, RESPONSES, rubric, det.question)
+    graded = grade_responses(model, tokenizer, RESPONSES, rubric, det.question, share_prefix=False)
     assert len(seen) == 4 + 2
     assert all(det.question in text and text.rstrip().endswith("Answer:") for text in seen)
     assert all(RESPONSES[0]["text"] in text for text in seen[:4])
@@ -519,6 +519,17 @@ def test_grading_prompts_name_the_concept_and_the_response(llama, rubric, det, m
     assert graded[0]["p_identifies"] == pytest.approx(0.75) and graded[0]["identifies"] is True
     assert graded[1]["p_identifies"] is None and graded[1]["detected_and_identified"] is None
     assert graded[1]["p_coherent"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_grading_with_shared_prefixes_equals_full_passes(llama, rubric, det, batch_size):
+    model, tokenizer = llama
+    full = grade_responses(model, tokenizer, RESPONSES, rubric, det.question, batch_size=batch_size, share_prefix=False)
+    shared = grade_responses(model, tokenizer, RESPONSES, rubric, det.question, batch_size=batch_size)
+    columns = [f"{kind}_{c}" for c in CRITERIA for kind in ("p", "mass")]
+    values = [[np.nan if r[c] is None else r[c] for c in columns] for r in (*full, *shared)]
+    np.testing.assert_allclose(values[2:], values[:2], atol=1e-7, rtol=1e-4)
+    assert np.nanstd(values[0][::2]) > 1e-4  # the criteria get different answers: the comparison can fail
 
 
 @pytest.mark.parametrize("direction", [1.0, -1.0], ids=["yes", "no"])

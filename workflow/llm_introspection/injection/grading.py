@@ -1,5 +1,6 @@
 """Grading of sampled detection answers by a grading model (the judge of the config), read from
-the probabilities of the rubric's yes and no options."""
+the probabilities of the rubric's yes and no options. The criteria of one response share its
+prompt up to the criterion, whose key/value cache is computed once (readout.shared)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..prompts import TEMPLATE_DATE, framed_ids, tokenizer_name
-from ..readout.options import answer_frame, option_answers, option_log_probs, truncate_completion
+from ..readout.options import answer_frame, check_context, option_answers, option_log_probs, truncate_completion
+from ..readout.shared import shared_prefix_options
+from ..readout.steered import Trial
 from .cell import concept_word
 from .texts import CONTROL_CRITERIA, CRITERIA
 
@@ -20,12 +23,14 @@ if TYPE_CHECKING:
 def grade_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                     responses: Sequence[Mapping[str, Any]], rubric: GradingRubric, question: str,
                     max_response_tokens: int = 256, batch_size: int = 8,
-                    template_date: str = TEMPLATE_DATE) -> list[dict[str, Any]]:
+                    template_date: str = TEMPLATE_DATE, share_prefix: bool = True) -> list[dict[str, Any]]:
     """Grade detection responses (records of run_detection_responses) with a grading model: per
     criterion one pass, the verdict read from the probabilities of the rubric's yes and no options
     after the prefill (renormalised over the two). Injected trials are graded on CRITERIA, controls
     on CONTROL_CRITERIA (the others are None). `question` is the trial question the model saw; the
-    grader's chat template is rendered as on `template_date`.
+    grader's chat template is rendered as on `template_date`. With `share_prefix` the prompt up to
+    the criterion is read once per response (equal results within float tolerance); without it
+    every criterion is a full pass.
 
     Returns the records with, per criterion c: p_c (probability of yes), c (p_c > 0.5), mass_c
     (the two options' mass under the full softmax); detected_and_identified (all four criteria;
@@ -45,9 +50,14 @@ def grade_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 criterion=rubric.criteria[criterion].format(word=word), options=" or ".join(rubric.options))
             sequences.append(framed_ids(tokenizer, rubric.system, user, frame.prefill, template_date=template_date))
             owners.append((index, criterion))
-    log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size,
-                                 f"max_response_tokens (now {max_response_tokens})")
-    probs, _, mass = option_answers(log_probs.numpy())
+    setting = f"max_response_tokens (now {max_response_tokens})"
+    if share_prefix:
+        check_context(model, tokenizer, sequences, setting)
+        log_probs = shared_prefix_options(model, None, [Trial(tuple(s)) for s in sequences],
+                                          [index for index, _ in owners], frame.option_ids, batch_size)
+    else:
+        log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size, setting).numpy()
+    probs, _, mass = option_answers(log_probs)
     for record in graded:
         record.update({name: None for c in CRITERIA for name in (f"p_{c}", c, f"mass_{c}")})
     for (index, criterion), p_yes, option_mass in zip(owners, probs[:, 0], mass):
