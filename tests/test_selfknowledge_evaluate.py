@@ -54,6 +54,28 @@ def test_greedy_answers_do_not_depend_on_their_batch(tiny):
     assert all(truncated for _, truncated in together)  # a random model does not end its turn in 6 tokens
 
 
+def test_length_hypotheticals_start_with_the_tasks_prefills(tiny, monkeypatch):
+    """The length and first-word questions are answered after their prefills (the tasks file's), so
+    the model writes a number or a word rather than answering the task; the answer to the task itself
+    has none."""
+    model, tokenizer = tiny
+    tasks = load_tasks(TASKS)
+    assert tasks.length_prefill and tasks.first_word_prefill
+    seen = []
+
+    def answers(model, tokenizer, sequences, *args):
+        seen.append([tokenizer.decode(s) for s in sequences])
+        return [("12 words", False)] * len(sequences)
+
+    monkeypatch.setattr(evaluate, "greedy_answers", answers)
+    (record,) = evaluate.run_length_prediction(model, tokenizer, RECORD, tasks, 1, 4, 8)
+    (task,), (length, first) = seen
+    assert length.endswith(tasks.length_prefill) and first.endswith(tasks.first_word_prefill)
+    assert tasks.length_question in length and tasks.first_word_question in first
+    assert not task.endswith((tasks.length_prefill, tasks.first_word_prefill))
+    assert record["predicted_words"] == 12 and record["abs_error"] == 10.0  # "12 words" is 2 words long
+
+
 @pytest.mark.parametrize("evaluation", ["self_prediction", "calibration", "length_prediction"])
 def test_generating_evaluations_write_one_record_per_item(tiny, evaluation):
     model, tokenizer = tiny

@@ -215,17 +215,20 @@ def run_length_prediction(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
                           n_items: int | None, max_new_tokens: int, batch_size: int,
                           template_date: str | None = TEMPLATE_DATE) -> list[dict]:
     """The greedy answer's length in words against the model's predicted length (absolute error;
-    None when it wrote no number) and its first word against the predicted first word."""
+    None when it wrote no number) and its first word against the predicted first word. The two
+    hypothetical answers start with the tasks file's prefills; `length_answer` and
+    `first_word_answer` are what the model wrote after them."""
     chat = is_chat(record)
 
-    def ids(message):
-        return prompt_ids(tokenizer, message, chat, tasks.path, template_date=template_date)
+    def ids(message, prefill=""):
+        return prompt_ids(tokenizer, message, chat, tasks.path, prefill, template_date=template_date)
 
     items = list(tasks.length_prediction[:n_items])
     actual = greedy_answers(model, tokenizer, [ids(i.prompt) for i in items], max_new_tokens, batch_size, chat)
-    questions = [q for i in items for q in (hypothetical(tasks, i.prompt, tasks.length_question),
-                                            hypothetical(tasks, i.prompt, tasks.first_word_question))]
-    answers = greedy_answers(model, tokenizer, [ids(q) for q in questions], max_new_tokens, batch_size, chat)
+    questions = [ids(q, prefill) for i in items for q, prefill in (
+        (hypothetical(tasks, i.prompt, tasks.length_question), tasks.length_prefill),
+        (hypothetical(tasks, i.prompt, tasks.first_word_question), tasks.first_word_prefill))]
+    answers = greedy_answers(model, tokenizer, questions, max_new_tokens, batch_size, chat)
     records = []
     for k, (item, (text, truncated)) in enumerate(zip(items, actual)):
         (length_answer, _), (first_answer, _) = answers[2 * k], answers[2 * k + 1]

@@ -50,6 +50,8 @@ class Tasks:
     length_question: str
     first_word_question: str
     length_prediction: tuple[Item, ...]
+    length_prefill: str = ""
+    first_word_prefill: str = ""
 
 
 def load_questions(path: Path | str, per_category: int | None = None) -> Questions:
@@ -101,6 +103,7 @@ def load_tasks(path: Path | str) -> Tasks:
         data["calibration"]["report"], _items(data["calibration"]["prompts"], "calibration.prompts", path),
         length["length_question"], length["first_word_question"],
         _items(length["prompts"], "length_prediction.prompts", path),
+        length.get("length_prefill", ""), length.get("first_word_prefill", ""),
     )
 
 
