@@ -6,14 +6,16 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import expit
 from scipy.stats import binomtest, norm
+from scipy.stats import t as student_t
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep
 
 from llm_introspection.injection.cell import write_records
 from llm_introspection.injection.statistics import read_records
 from llm_introspection.injection.statistics import (
-    MEASURE_COLUMNS, binomial_p, d_prime, detection_logit_statistics, detection_response_statistics, forced_identification_statistics, intentional_control_statistics, json_ready, localization_statistics, newcombe_difference, prefill_intent_statistics, thought_vs_text_statistics, wilson_interval,
+    MEASURE_COLUMNS, binomial_p, crossed_difference_row, d_prime, difference_row, detection_logit_statistics, detection_response_statistics, forced_identification_statistics, intentional_control_statistics, json_ready, localization_statistics, newcombe_difference, prefill_intent_statistics, thought_vs_text_statistics, wilson_interval,
 )
 
 CELL = {"model": "m", "layer": 3, "vector_method": "mean_subtraction", "strength_relative": 1.0}
@@ -141,7 +143,62 @@ def test_detection_logit_rates_controls_and_yes_bias(tmp_path):
     assert (d["successes"], d["n"], d["reference_successes"], d["reference_n"]) == (30, 40, 2, 10)
     assert rows.loc["mean_p_yes_control", "estimate"] == pytest.approx(0.34)
     assert rows.loc["mean_p_yes_injected", "low"] <= 0.725 <= rows.loc["mean_p_yes_injected", "high"]
-    assert table["p_value"].isna().all() and table["p_holm"].isna().all()  # intervals only: nothing against chance
+    crossed = rows.loc["hit_minus_false_alarm_crossed"]
+    assert (crossed["estimate"], crossed["low"], crossed["high"], crossed["p_value"]) == pytest.approx(
+        crossed_formula(yes_grid(detection_records(), "injected"), yes_grid(detection_records(), "control")))
+    tested = table[table["p_value"].notna()]
+    assert list(tested["measure"]) == ["hit_minus_false_alarm_crossed"]  # the rest are intervals only
+    assert tested["p_holm"].tolist() == tested["p_value"].tolist()  # a family of one in its cell
+
+
+def yes_grid(records, kind):
+    """Concept x variant yes flags of the detect question's `kind` trials; controls (no concept) as one row."""
+    trials = [r for r in records if (r["question"], r["kind"]) == ("detect", kind)]
+    concepts = sorted({r["concept"] for r in trials}, key=str)
+    grid = np.full((len(concepts), 10), np.nan)
+    for r in trials:
+        grid[concepts.index(r["concept"]), r["variant"]] = r["prediction"] == "yes"
+    return grid
+
+
+def crossed_formula(hits, alarms, confidence=0.95):
+    """Clark's min F' written out for a concept x variant grid of hits against per-variant false
+    alarms (one row): estimate, t interval (Satterthwaite df) within [-1, 1], two-sided p."""
+    by_concept = hits.mean(axis=1) - alarms.mean()
+    by_variant = hits.mean(axis=0) - alarms[0]
+    parts = [by_concept.var(ddof=1) / by_concept.size, by_variant.var(ddof=1) / by_variant.size]
+    df = sum(parts) ** 2 / (parts[0] ** 2 / (by_concept.size - 1) + parts[1] ** 2 / (by_variant.size - 1))
+    estimate, se = by_concept.mean(), math.sqrt(sum(parts))
+    half = student_t.ppf(0.5 + confidence / 2, df) * se
+    return estimate, max(estimate - half, -1), min(estimate + half, 1), 2 * student_t.sf(abs(estimate / se), df)
+
+
+def simulated_detection(rng, concepts, variants, concept_sd, variant_sd):
+    """Logit-metric records with concept and wording random effects on the logit scale (hits at a
+    mean logit of 0, false alarms at -1)."""
+    concept_effect, variant_effect = rng.normal(0, concept_sd, concepts), rng.normal(0, variant_sd, variants)
+    hit = rng.random((concepts, variants)) < expit(concept_effect[:, None] + variant_effect[None, :])
+    alarm = rng.random(variants) < expit(-1 + rng.normal(0, variant_sd, variants))
+    injected = pd.DataFrame({"concept": np.repeat(np.arange(concepts), variants),
+                             "variant": np.tile(np.arange(variants), concepts), "yes": hit.ravel()})
+    return injected, pd.DataFrame({"concept": [None] * variants, "variant": np.arange(variants), "yes": alarm})
+
+
+def test_crossed_interval_covers_where_trials_cluster_by_concept():
+    """300 simulated cells of 10 concepts x 10 wordings with a concept SD of 2 on the logit scale:
+    the crossed interval of hit minus false-alarm rate covers the population difference (over new
+    concepts and wordings) at least 90% of the time; Newcombe's, counting trials as independent,
+    less often."""
+    draws = np.random.default_rng(1)
+    truth = expit(draws.normal(0, math.hypot(2.0, 0.5), 2_000_000)).mean() - expit(-1 + draws.normal(0, 0.5, 2_000_000)).mean()
+    rng, covered = np.random.default_rng(0), {"crossed": [], "independent": []}
+    for _ in range(300):
+        injected, control = simulated_detection(rng, 10, 10, 2.0, 0.5)
+        for name, row in (("crossed", crossed_difference_row("m", injected, control, "yes", shared_variants=True)),
+                          ("independent", difference_row("m", injected["yes"], control["yes"]))):
+            covered[name].append(row["low"] <= truth <= row["high"])
+    coverage = {name: np.mean(flags) for name, flags in covered.items()}
+    assert coverage["crossed"] >= 0.90 > coverage["independent"], coverage
 
 
 def graded_records():
@@ -184,8 +241,12 @@ def test_forced_identification_against_control_and_leak(tmp_path):
         row = rows.loc[measure]
         assert (row["successes"], row["n"], row["chance"]) == (*counts[measure], 0.1), measure
         assert row["p_value"] == pytest.approx(binomtest(*counts[measure], 0.1).pvalue)
-    holm = multipletests([rows.loc[m, "p_value"] for m in tests], method="holm")[1]
-    assert [rows.loc[m, "p_holm"] for m in tests] == pytest.approx(list(holm))
+    tested = [*tests, "top1_injected_minus_leak_crossed"]  # the cell's family
+    holm = multipletests([rows.loc[m, "p_value"] for m in tested], method="holm")[1]
+    assert [rows.loc[m, "p_holm"] for m in tested] == pytest.approx(list(holm))
+    crossed = rows.loc["top1_injected_minus_leak_crossed"]
+    assert crossed["estimate"] == pytest.approx(rows.loc["top1_injected_minus_leak", "estimate"])  # a balanced grid
+    assert crossed["low"] < crossed["estimate"] < crossed["high"] and 0 < crossed["p_value"] < 1
     for measure, (a, b) in {"top1_injected_minus_control": ("top1_injected", "top1_control"),
                             "top1_injected_minus_leak": ("top1_injected", "top1_leak")}.items():
         row = rows.loc[measure]
@@ -313,7 +374,7 @@ def test_report_section_reads_the_new_controls(tmp_path):
                 "strengths": [1.0], "n_variants": 10, "min_option_mass": 0.1}
     text = "\n\n".join(_injection({"tables": json_ready(tables)}, settings, []))
     shown = {line.split(" | ")[4] for line in text.splitlines() if line.startswith("| detection_logits")}
-    assert shown == {"hit_rate", "false_alarm_rate", "hit_minus_false_alarm", "d_prime", "random_yes_rate",
+    assert shown == {"hit_rate", "false_alarm_rate", "hit_minus_false_alarm", "hit_minus_false_alarm_crossed", "d_prime", "random_yes_rate",
                      "control_question_yes_bias"}
     assert "one control trial" not in text and "over 10 wordings" in text and "less than 0.1" in text
     assert "Holm corrections: 'cell' is per cell and table" in text and "'sweep' is per measure over every model" in text

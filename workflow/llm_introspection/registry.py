@@ -64,7 +64,8 @@ EXPERIMENTS = {experiment.name: experiment for experiment in (
         "detection_logits", "detection", ("detection",), ("n_variants", "min_option_mass", "seed", "batch_size"),
         "detection_logit_statistics",
         Headline("hit_rate", "false_alarm_rate",
-                 also=("hit_minus_false_alarm", "d_prime", "random_yes_rate", "control_question_yes_bias")),
+                 also=("hit_minus_false_alarm", "hit_minus_false_alarm_crossed", "d_prime", "random_yes_rate",
+                       "control_question_yes_bias")),
     ),
     Experiment(
         "detection_responses", "detection", ("detection",), ("samples", "seed", "batch_size"),
@@ -74,7 +75,8 @@ EXPERIMENTS = {experiment.name: experiment for experiment in (
     Experiment(
         "forced_identification", "detection", ("detection",), ("n_variants", "batch_size"),
         "forced_identification_statistics",
-        Headline("top1_injected", "top1_control", also=("top1_leak", "top1_injected_minus_leak")),
+        Headline("top1_injected", "top1_control",
+                 also=("top1_leak", "top1_injected_minus_leak", "top1_injected_minus_leak_crossed")),
         statistics_seeded=True,
     ),
     Experiment(

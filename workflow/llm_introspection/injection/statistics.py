@@ -9,10 +9,13 @@ model, layer, vector method and strength), the one to cite when a cell is picked
 tidy: one row per cell (model, layer, vector_method, strength_relative) and measure, with the
 columns of MEASURE_COLUMNS, ready for CSV and (through json_ready) JSON.
 
-Trials are counted as independent. The logit metric's and forced identification's injected
-trials cross concepts with input variants (the same concept under several wordings), so their
-intervals are narrower than a concept- or wording-clustered analysis would give; their unsteered
-controls are one forward pass per variant. Localization's injected, random and question-control trials
+Rates and Newcombe differences count trials as independent. The logit metric's and forced
+identification's injected trials cross concepts with input variants (the same concept under
+several wordings), so those intervals are narrower than the design warrants; their unsteered
+controls are one forward pass per variant. Their headline differences therefore also come as
+`<measure>_crossed` rows: concepts and variants as crossed random units (Clark's min F' as a t,
+study.clustered.crossed_t_test), a t interval and p that generalise to new concepts and wordings
+(coverage checked on simulated trials in tests/test_injection_statistics.py). Localization's injected, random and question-control trials
 share their sentence sets, so the independent-samples interval of a margin is conservative when
 they are positively correlated.
 """
@@ -27,10 +30,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, norm
+from scipy.stats import t as student_t
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 from ..registry import EXPERIMENTS
 from ..storage import read_json, versions, write_csv, write_json
+from ..study.clustered import crossed_t_test
 from ..study.statistics import bootstrap_ci, holm
 
 if TYPE_CHECKING:
@@ -106,6 +111,37 @@ def difference_row(measure: str, flags: ArrayLike, reference_flags: ArrayLike,
             "n": int(flags.size), "reference_successes": int(reference.sum()), "reference_n": int(reference.size)}
 
 
+def crossed_difference_row(measure: str, trials: pd.DataFrame, reference: pd.DataFrame, flag: str,
+                           shared_variants: bool, confidence: float = 0.95) -> dict[str, Any]:
+    """The difference of two arms' rates of boolean column `flag`, concepts and variants crossed
+    random units: per arm a concept x variant grid of rates (a reference arm without concepts, e.g.
+    unsteered trials, counts for every concept), the estimate the mean over concepts of each
+    concept's mean over variants, its variance the by-concept plus the by-variant part (paired by
+    variant when `shared_variants`), a t interval with Satterthwaite's df (within [-1, 1]) and the
+    two-sided p.
+    NaN bounds and p when fewer than 2 concepts or variants, or no variance at all."""
+    concepts = sorted(trials["concept"].dropna().unique())
+    grids = []
+    for arm in (trials, reference):
+        rates = arm.assign(flag=arm[flag].astype(float)).groupby(["concept", "variant"], dropna=False)["flag"].mean()
+        grid = rates.unstack("variant")
+        if grid.index.isna().all():  # no concepts: the same variant rates for every concept
+            grid = pd.DataFrame([grid.iloc[0].to_numpy()] * len(concepts), index=concepts, columns=grid.columns)
+        grids.append(grid.reindex(concepts).to_numpy())
+    row = {"measure": measure, "estimate": float("nan"), "low": float("nan"), "high": float("nan"),
+           "successes": int(trials[flag].sum()), "n": len(trials), "reference_successes": int(reference[flag].sum()),
+           "reference_n": len(reference), "p_value": float("nan")}
+    if len(concepts) < 2 or min(grid.shape[1] for grid in grids) < 2:
+        return row
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate, t, df, p = crossed_t_test(grids[0], grids[1], shared_variants)
+    row["estimate"] = estimate
+    if np.isfinite(t) and t != 0 and np.isfinite(df):
+        half = abs(estimate / t) * student_t.ppf(0.5 + confidence / 2, df)
+        row.update(low=max(estimate - half, -1.0), high=min(estimate + half, 1.0), p_value=p)
+    return row
+
+
 def d_prime_row(measure: str, hits: ArrayLike, false_alarms: ArrayLike,
                 confidence: float = 0.95) -> dict[str, Any]:
     """d' of boolean hit flags (signal trials) against false-alarm flags (noise trials)."""
@@ -149,7 +185,8 @@ def _flags(series):
 def detection_logit_statistics(records: pd.DataFrame) -> pd.DataFrame:
     """Per cell, from run_detection_logits records (every trial its own forward pass): on the
     detection question, hit_rate (injected trials answering yes), false_alarm_rate (unsteered
-    trials, one per wording, answering yes), hit_minus_false_alarm (Newcombe), d_prime (log-linear
+    trials, one per wording, answering yes), hit_minus_false_alarm (Newcombe) and its _crossed row
+    (concepts and wordings as random units, paired by wording), d_prime (log-linear
     correction), random_yes_rate (concept-like random vectors answering yes) and hit_minus_random;
     on the control questions (truthful answer no), the yes rate with a concept injected and
     unsteered and control_question_yes_bias, their difference: the yes-bias steering alone creates;
@@ -165,6 +202,8 @@ def detection_logit_statistics(records: pd.DataFrame) -> pd.DataFrame:
         yes = {arm: _flags(trials["prediction"] == "yes") for arm, trials in arms.items()}
         part = [rate_row("hit_rate", yes["injected"]), rate_row("false_alarm_rate", yes["control"]),
                 difference_row("hit_minus_false_alarm", yes["injected"], yes["control"]),
+                crossed_difference_row("hit_minus_false_alarm_crossed", arms["injected"].assign(yes=yes["injected"]),
+                                       arms["control"].assign(yes=yes["control"]), "yes", shared_variants=True),
                 d_prime_row("d_prime", yes["injected"], yes["control"]),
                 rate_row("random_yes_rate", yes["random"]),
                 difference_row("hit_minus_random", yes["injected"], yes["random"]),
@@ -208,7 +247,8 @@ def forced_identification_statistics(records: pd.DataFrame, seed: int = 0) -> pd
     the thought question injected (top1_injected) and unsteered (top1_control, one trial per
     wording), and under the leak request injected (top1_leak) and unsteered (top1_leak_control);
     top1_injected_minus_control, and top1_injected_minus_leak: how much more often the concept is
-    named when asked about thoughts than when it merely leaks into the next word (Newcombe); the
+    named when asked about thoughts than when it merely leaks into the next word (Newcombe, and
+    _crossed: concepts crossed with the thought wordings and the leak requests); the
     mean rank of the thought question's injected and unsteered trials and of the leak's injected
     trials (bootstrap)."""
     rows = []
@@ -223,6 +263,8 @@ def forced_identification_statistics(records: pd.DataFrame, seed: int = 0) -> pd
                 rate_row("top1_leak", top1[(leak, "injected")], chance),
                 rate_row("top1_leak_control", top1[(leak, "control")], chance),
                 difference_row("top1_injected_minus_leak", top1[(thought, "injected")], top1[(leak, "injected")]),
+                crossed_difference_row("top1_injected_minus_leak_crossed", arms[(thought, "injected")],
+                                       arms[(leak, "injected")], "top1", shared_variants=False),
                 mean_row("mean_rank_injected", arms[(thought, "injected")]["rank"], seed),
                 mean_row("mean_rank_control", arms[(thought, "control")]["rank"], seed),
                 mean_row("mean_rank_leak", arms[(leak, "injected")]["rank"], seed)]

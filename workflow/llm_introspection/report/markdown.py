@@ -272,7 +272,10 @@ def _injection(summary, settings, figures):
         f"Models {', '.join(settings['models'])}; {settings['vector_method']} vectors of the first "
         f"{settings['n_concepts']} concepts, injected at layer fractions {settings['layer_fractions']}{own_layers} with strengths "
         f"{settings['strengths']} x the layer's mean residual norm (first position excluded). Rates with Wilson "
-        "intervals; p against chance by exact binomial tests, Holm within each cell and over the sweep.",
+        "intervals and differences with Newcombe's, both counting trials as independent; `_crossed` rows "
+        "take concepts and wordings as crossed random units (a t interval and test that generalise to new "
+        "concepts and wordings: the ones to cite). p against chance by exact binomial tests, Holm within "
+        "each cell and over the sweep.",
         *[_figure(name, caption) for name, caption in figures],
         markdown_table(_injection_rows(tables)),
     ]
