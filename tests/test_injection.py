@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from conftest import REPO, TINY_GEMMA3, TINY_LLAMA, load_tiny
-from llm_introspection.injection import grading, inputs
+from llm_introspection.injection import inputs
 from llm_introspection.injection.concepts import (
     concept_prompt_ids, matched_random_vectors, mean_residual_norm, mean_subtraction_vectors, save_vectors, sentence_ids,
 )
@@ -30,6 +30,7 @@ from llm_introspection.injection.texts import (
     CRITERIA, INSTRUCTIONS, AnswerSpec, load_detection_texts, load_grading_rubric, load_localization_texts, load_thought_texts, provenance,
 )
 from llm_introspection.injection.thought import run_intentional_control, run_prefill_intent, run_thought_vs_text
+from llm_introspection.readout import shared
 from llm_introspection.readout.options import first_token_ids, option_answers
 from llm_introspection.readout.steered import Trial, read_continuations, read_options
 from llm_introspection.injection.statistics import read_records
@@ -509,7 +510,7 @@ def test_grading_prompts_name_the_concept_and_the_response(llama, rubric, det, m
         seen.extend(tokenizer.decode(s) for s in sequences)
         return torch.log(torch.tensor([[0.3, 0.1]] * len(sequences), dtype=torch.float64))
 
-    monkeypatch.setattr(grading, "option_log_probs", fake_log_probs)
+    monkeypatch.setattr(shared, "option_log_probs", fake_log_probs)
     graded = grade_responses(model, tokenizer, RESPONSES, rubric, det.question, share_prefix=False)
     assert len(seen) == 4 + 2
     assert all(det.question in text and text.rstrip().endswith("Answer:") for text in seen)

@@ -8,9 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..prompts import TEMPLATE_DATE, framed_ids, tokenizer_name
-from ..readout.options import answer_frame, check_context, option_answers, option_log_probs, truncate_completion
-from ..readout.shared import shared_prefix_options
-from ..readout.steered import Trial
+from ..readout.options import answer_frame, option_answers, truncate_completion
+from ..readout.shared import prompt_options
 from .cell import concept_word
 from .texts import CONTROL_CRITERIA, CRITERIA
 
@@ -50,13 +49,8 @@ def grade_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 criterion=rubric.criteria[criterion].format(word=word), options=" or ".join(rubric.options))
             sequences.append(framed_ids(tokenizer, rubric.system, user, frame.prefill, template_date=template_date))
             owners.append((index, criterion))
-    setting = f"max_response_tokens (now {max_response_tokens})"
-    if share_prefix:
-        check_context(model, tokenizer, sequences, setting)
-        log_probs = shared_prefix_options(model, None, [Trial(tuple(s)) for s in sequences],
-                                          [index for index, _ in owners], frame.option_ids, batch_size)
-    else:
-        log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size, setting).numpy()
+    log_probs = prompt_options(model, tokenizer, sequences, [index for index, _ in owners], frame.option_ids, batch_size,
+                               f"max_response_tokens (now {max_response_tokens})", share_prefix)
     probs, _, mass = option_answers(log_probs)
     for record in graded:
         record.update({name: None for c in CRITERIA for name in (f"p_{c}", c, f"mass_{c}")})

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from ..batching import PAD_ID
+from .options import check_context, option_log_probs
 from .steered import Trial, _steering
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def common_prefix(sequences: Sequence[Sequence[int]]) -> int:
@@ -164,3 +165,16 @@ def shared_prefix_options(model: PreTrainedModel, layer: int | None, trials: Seq
             out[[r for _, r in chunk]] = torch.log_softmax(logits, dim=-1)[:, options].double().cpu().numpy()
             del sub_cache, logits
     return out
+
+
+def prompt_options(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sequences: Sequence[Sequence[int]],
+                   keys: Sequence[Hashable], option_ids: Sequence[int], batch_size: int, setting: str,
+                   share_prefix: bool = True) -> np.ndarray:
+    """(len(sequences), len(option_ids)) float64 log-probabilities of the options after each
+    unsteered sequence: with `share_prefix` the caches of the prefix common to all sequences and to
+    each group of one key are computed once (shared_prefix_options), else one full pass per
+    sequence (options.option_log_probs); InputError as options.check_context says, naming `setting`."""
+    if not share_prefix:
+        return option_log_probs(model, tokenizer, sequences, option_ids, batch_size, setting).numpy()
+    check_context(model, tokenizer, sequences, setting)
+    return shared_prefix_options(model, None, [Trial(tuple(s)) for s in sequences], keys, option_ids, batch_size)

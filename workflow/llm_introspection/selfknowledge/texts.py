@@ -50,8 +50,8 @@ class Tasks:
     length_question: str
     first_word_question: str
     length_prediction: tuple[Item, ...]
-    length_prefill: str = ""
-    first_word_prefill: str = ""
+    length_prefill: str  # starts the answer to length_question ("": none)
+    first_word_prefill: str
 
 
 def load_questions(path: Path | str, per_category: int | None = None) -> Questions:

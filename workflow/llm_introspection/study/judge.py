@@ -22,9 +22,8 @@ import torch
 
 from ..prompts import TEMPLATE_DATE, framed_ids
 from ..errors import InputError
-from ..readout.options import answer_frame, check_context, option_log_probs, truncate_completion
-from ..readout.shared import shared_prefix_options
-from ..readout.steered import Trial
+from ..readout.options import answer_frame, truncate_completion
+from ..readout.shared import prompt_options
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -104,14 +103,9 @@ def score_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
             sequences.append(ids)
     if not sequences:
         return pd.DataFrame(columns=list(COLUMNS))
-    setting = f"max_completion_tokens (now {max_completion_tokens})"
-    if share_prefix:
-        check_context(model, tokenizer, sequences, setting)
-        log_probs = torch.from_numpy(shared_prefix_options(model, None, [Trial(tuple(s)) for s in sequences],
-                                                           [row["item"] for row in rows], frame.option_ids,
-                                                           batch_size))
-    else:
-        log_probs = option_log_probs(model, tokenizer, sequences, frame.option_ids, batch_size, setting)
+    log_probs = torch.from_numpy(prompt_options(model, tokenizer, sequences, [row["item"] for row in rows],
+                                                frame.option_ids, batch_size,
+                                                f"max_completion_tokens (now {max_completion_tokens})", share_prefix))
     probs = torch.softmax(log_probs, dim=-1)
     mass = log_probs.exp().sum(-1)
     levels = torch.arange(len(frame.option_ids), dtype=torch.float64)
